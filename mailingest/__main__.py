@@ -1,0 +1,3 @@
+from mailingest.cli import main
+
+raise SystemExit(main())

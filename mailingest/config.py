@@ -1,0 +1,252 @@
+"""Configuration: one TOML file → pydantic models, plus ``MAILINGEST_*`` environment overrides.
+
+* Unknown keys are errors that name their path (``sources.smtp.lisen: extra inputs are not
+  permitted``), so a typo never silently falls back to a default.
+* Secrets are never inline: ``{ env = "NAME" }`` or ``{ file = "/run/secrets/x" }``. They are
+  resolved only when used and print as ``Secret(env=NAME)`` — never their value.
+* ``MAILINGEST_SECTION__KEY=value`` overrides ``[section] key`` (``__`` separates levels, values
+  are read as TOML when they parse as TOML, else as plain strings); ``MAILINGEST_CONFIG`` names
+  the file.
+* With no file at all everything still runs: SQLite in the data dir, SMTP and API on loopback,
+  a drop directory under the data dir.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from mailingest.errors import ConfigError
+
+ENV_PREFIX = "MAILINGEST_"
+DEFAULT_RETRY_SCHEDULE = ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """``"60s"``, ``"5m"``, ``"2h"``, ``"250ms"`` or a number of seconds → seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. '30s', '5m', '2h')")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Secret(_Section):
+    """A reference to a secret kept outside the config file."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Secret:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret is { env = \"NAME\" } or { file = \"/path\" }, exactly one of them")
+        return self
+
+    def get(self) -> str:
+        """Resolve the secret now; raises ConfigError naming the source (never the value)."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"secret environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        try:
+            return self.file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
+
+    def __repr__(self) -> str:
+        return f"Secret(env={self.env})" if self.env else f"Secret(file={self.file})"
+
+    __str__ = __repr__
+
+
+def _refuse_inline_secret(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError("secrets may not be written inline; use { env = \"NAME\" } or { file = \"/path\" }")
+    return value
+
+
+SecretRef = Annotated[Secret, BeforeValidator(_refuse_inline_secret)]
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"  # auto: console on a TTY, JSON otherwise
+
+
+class StorageConfig(_Section):
+    url: str | None = None  # default: sqlite:///<data_dir>/mailingest.db
+    documents: Literal["disk", "database"] = "disk"  # where original bytes live
+    echo: bool = False
+
+
+class ApiConfig(_Section):
+    enabled: bool = True
+    listen: str = "127.0.0.1:8080"
+
+
+class SmtpSourceConfig(_Section):
+    enabled: bool = True
+    listen: str = "127.0.0.1:2525"
+    max_message_bytes: int = Field(default=26_214_400, gt=0)
+    mailbox: str = "smtp"
+
+
+class DropSourceConfig(_Section):
+    enabled: bool = True
+    path: Path | None = None  # default: <data_dir>/inbox
+    poll_interval: Duration = 1.0
+    settle_time: Duration = 0.5  # a file must be this old (unchanged) before it is taken
+
+
+class SourcesConfig(_Section):
+    smtp: SmtpSourceConfig = Field(default_factory=SmtpSourceConfig)
+    drop: DropSourceConfig = Field(default_factory=DropSourceConfig)
+
+
+class PipelineConfig(_Section):
+    max_document_bytes: int = Field(default=50 * 2**20, gt=0)
+    poll_interval: Duration = 2.0  # safety-net scan for unprocessed messages; new ones wake it at once
+    lease: Duration = 300.0  # a claimed message is retried by another worker after this
+
+
+class RulesConfig(_Section):
+    path: Path = Path("rules")
+
+
+class WebhookConfig(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretRef
+    events: list[str] = Field(default_factory=lambda: ["*"])
+    allow_private_network: bool = False
+    timeout: Duration = 10.0
+    enabled: bool = True
+
+
+class ConnectorsConfig(_Section):
+    webhook: list[WebhookConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ConnectorsConfig:
+        names = [w.name for w in self.webhook]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"connector names must be unique: {', '.join(dupes)}")
+        return self
+
+
+class OutboxConfig(_Section):
+    retry_schedule: list[Duration] = Field(
+        default_factory=lambda: [parse_duration(d) for d in DEFAULT_RETRY_SCHEDULE], min_length=1
+    )
+    poll_interval: Duration = 1.0
+    concurrency: int = Field(default=8, gt=0)
+
+
+class Config(_Section):
+    data_dir: Path = Path("data")
+    log: LogConfig = Field(default_factory=LogConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    connectors: ConnectorsConfig = Field(default_factory=ConnectorsConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage.url or f"sqlite:///{self.data_dir.resolve() / 'mailingest.db'}"
+
+    @property
+    def drop_path(self) -> Path:
+        return self.sources.drop.path or self.data_dir / "inbox"
+
+    @property
+    def documents_dir(self) -> Path:
+        return self.data_dir / "documents"
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{ENV_PREFIX}{'__'.join(keys).upper()}: {'.'.join(keys[:-1])} is not a table")
+        node = child
+    node[keys[-1]] = value
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env_overrides(tree: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        if keys:
+            _set_path(tree, keys, _env_value(raw))
+    return tree
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {message}")
+    return f"invalid configuration in {origin}:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply environment overrides, validate."""
+    environ = dict(os.environ if environ is None else environ)
+    path = path or environ.get(f"{ENV_PREFIX}CONFIG")
+    tree: dict[str, Any] = {}
+    origin = "defaults"
+    if path:
+        origin = str(path)
+        try:
+            tree = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    apply_env_overrides(tree, environ)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` / ``"[::1]:8080"`` → (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"listen address must be host:port, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)

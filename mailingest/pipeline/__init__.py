@@ -1,0 +1,1 @@
+"""The per-message pipeline: unpack → detect → extract → normalize → validate → store → emit."""
