@@ -55,7 +55,7 @@ class Secret(_Section):
     @model_validator(mode="after")
     def _exactly_one(self) -> Secret:
         if (self.env is None) == (self.file is None):
-            raise ValueError("a secret is { env = \"NAME\" } or { file = \"/path\" }, exactly one of them")
+            raise ValueError('a secret is { env = "NAME" } or { file = "/path" }, exactly one of them')
         return self
 
     def get(self) -> str:
@@ -79,7 +79,7 @@ class Secret(_Section):
 
 def _refuse_inline_secret(value: Any) -> Any:
     if isinstance(value, str):
-        raise ValueError("secrets may not be written inline; use { env = \"NAME\" } or { file = \"/path\" }")
+        raise ValueError('secrets may not be written inline; use { env = "NAME" } or { file = "/path" }')
     return value
 
 
@@ -129,6 +129,7 @@ class PipelineConfig(_Section):
 
 class RulesConfig(_Section):
     path: Path = Path("rules")
+    match: Literal["all", "first"] = "all"  # every matching rule fires, or only the first
 
 
 class WebhookConfig(_Section):
@@ -206,7 +207,7 @@ def apply_env_overrides(tree: dict[str, Any], environ: dict[str, str]) -> dict[s
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
             continue
-        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__") if k]
         if keys:
             _set_path(tree, keys, _env_value(raw))
     return tree

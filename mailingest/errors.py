@@ -106,4 +106,8 @@ def error_dict(exc: BaseException) -> dict[str, str]:
     """Describe any exception in the error shape; unexpected ones are labelled as internal."""
     if isinstance(exc, MailingestError):
         return exc.as_dict()
-    return {"type": "internal_error", "title": "Unexpected internal error", "detail": f"{type(exc).__name__}: {exc}"}
+    return {
+        "type": "internal_error",
+        "title": "Unexpected internal error",
+        "detail": f"{type(exc).__name__}: {exc}",
+    }

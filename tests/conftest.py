@@ -88,14 +88,16 @@ class WebhookReceiver:
             if predicate(got):
                 return got
             time.sleep(0.05)
-        raise AssertionError(f"webhook condition not met in {timeout}s; got {[r.json['type'] for r in self.accepted()]}")
+        raise AssertionError(
+            f"webhook condition not met in {timeout}s; got {[r.json['type'] for r in self.accepted()]}"
+        )
 
 
 def start_receiver(port: int | None = None) -> tuple[WebhookReceiver, ThreadingHTTPServer]:
     receiver = WebhookReceiver(port=port or 0)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             with receiver.lock:
                 code, headers = receiver.responses.pop(0) if receiver.responses else (200, {})
@@ -154,7 +156,10 @@ class DaemonProcess:
         log = open(self.workdir / "daemon.log", "ab")  # noqa: SIM115 - kept open for the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailingest", "serve", "--config", str(self.config_path)],
-            cwd=self.workdir, env=self.env, stdout=log, stderr=log,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=log,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -192,7 +197,9 @@ class DaemonProcess:
         response.raise_for_status()
         return response.json()
 
-    def wait_processed(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+    def wait_processed(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             stats = self.get("/v1/stats")
@@ -202,10 +209,11 @@ class DaemonProcess:
         raise AssertionError(f"not processed in {timeout}s: {self.get('/v1/stats')}\n{self.log()}")
 
 
-def write_config(workdir: Path, *, api_port: int, smtp_port: int, webhook_url: str | None,
-                 extra: str = "") -> Path:
+def write_config(
+    workdir: Path, *, api_port: int, smtp_port: int, webhook_url: str | None, extra: str = ""
+) -> Path:
     text = f"""
-data_dir = "{workdir / 'data'}"
+data_dir = "{workdir / "data"}"
 
 [log]
 format = "json"

@@ -36,13 +36,16 @@ def test_inline_secret_is_refused(tmp_path: Path) -> None:
     assert "inline" in err.value.detail
 
 
-def test_secrets_resolve_from_env_and_file_and_never_print(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_resolve_from_env_and_file_and_never_print(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     secret_file = tmp_path / "s"
     secret_file.write_text("whsec_fromfile\n")
     path = tmp_path / "c.toml"
     path.write_text(
         '[[connectors.webhook]]\nname = "a"\nurl = "https://a.example"\nsecret = { env = "A_SECRET" }\n'
-        f'[[connectors.webhook]]\nname = "b"\nurl = "https://b.example"\nsecret = {{ file = "{secret_file}" }}\n'
+        '[[connectors.webhook]]\nname = "b"\nurl = "https://b.example"\n'
+        f'secret = {{ file = "{secret_file}" }}\n'
     )
     monkeypatch.setenv("A_SECRET", "whsec_fromenv")
     config = load_config(path, environ={})
@@ -59,12 +62,15 @@ def test_missing_secret_env_names_the_variable() -> None:
 
 
 def test_environment_overrides_nested_keys(tmp_path: Path) -> None:
-    config = load_config(None, environ={
-        "MAILINGEST_API__LISTEN": "127.0.0.1:9999",
-        "MAILINGEST_SOURCES__SMTP__MAX_MESSAGE_BYTES": "1000",
-        "MAILINGEST_DATA_DIR": str(tmp_path),
-        "MAILINGEST_SOURCES__DROP__ENABLED": "false",
-    })
+    config = load_config(
+        None,
+        environ={
+            "MAILINGEST_API__LISTEN": "127.0.0.1:9999",
+            "MAILINGEST_SOURCES__SMTP__MAX_MESSAGE_BYTES": "1000",
+            "MAILINGEST_DATA_DIR": str(tmp_path),
+            "MAILINGEST_SOURCES__DROP__ENABLED": "false",
+        },
+    )
     assert config.api.listen == "127.0.0.1:9999"
     assert config.sources.smtp.max_message_bytes == 1000
     assert config.data_dir == tmp_path
@@ -72,7 +78,7 @@ def test_environment_overrides_nested_keys(tmp_path: Path) -> None:
 
 
 def test_environment_override_with_unknown_key_fails() -> None:
-    with pytest.raises(ConfigError, match="api.bogus"):
+    with pytest.raises(ConfigError, match=r"api\.bogus"):
         load_config(None, environ={"MAILINGEST_API__BOGUS": "1"})
 
 
@@ -83,7 +89,9 @@ def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
         load_config(path, environ={})
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("60s", 60), ("5m", 300), ("2h", 7200), ("250ms", 0.25), (3, 3)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("60s", 60), ("5m", 300), ("2h", 7200), ("250ms", 0.25), (3, 3)]
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

@@ -13,7 +13,10 @@ from mailingest.storage import db, repo, tables
 from mailingest.storage.blobs import BlobStore
 from mailingest.storage.tables import utcnow
 
-MAIL = b"Message-ID: <a@example.com>\r\nFrom: Vendor <billing@vendor.example>\r\nSubject: Invoice 42\r\n\r\nhi\r\n"
+MAIL = (
+    b"Message-ID: <a@example.com>\r\nFrom: Vendor <billing@vendor.example>\r\n"
+    b"Subject: Invoice 42\r\n\r\nhi\r\n"
+)
 
 
 def _engine(url: str):  # type: ignore[no-untyped-def]
@@ -25,7 +28,9 @@ def _engine(url: str):  # type: ignore[no-untyped-def]
 def test_migrations_build_exactly_the_models(db_url: str) -> None:
     engine = _engine(db_url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+        )
     assert diff == []
     assert db.current_revision(engine) is not None
     db.upgrade(engine)  # idempotent
@@ -72,7 +77,9 @@ def test_outbox_fans_out_by_subscription_and_keeps_order_per_subject(db_url: str
     connectors = [("all", ["*"]), ("review", ["invoice.needs_review"])]
     with db.session_scope(engine) as s:
         repo.add_event(s, type="invoice.extracted", subject_id="inv_1", data={"n": 1}, connectors=connectors)
-        repo.add_event(s, type="invoice.needs_review", subject_id="inv_1", data={"n": 2}, connectors=connectors)
+        repo.add_event(
+            s, type="invoice.needs_review", subject_id="inv_1", data={"n": 2}, connectors=connectors
+        )
         repo.add_event(s, type="invoice.extracted", subject_id="inv_2", data={"n": 3}, connectors=connectors)
     with db.session_scope(engine) as s:
         due = repo.due_deliveries(s, connectors=["all", "review"], limit=10)
@@ -80,8 +87,17 @@ def test_outbox_fans_out_by_subscription_and_keeps_order_per_subject(db_url: str
         # inv_1's second event waits for its first on "all"; "review" only subscribed to needs_review
         assert got == [("all", 1), ("all", 3), ("review", 2)]
         first = next(d for d, e in due if d.connector == "all" and e.payload["data"]["n"] == 1)
-        repo.record_attempt(s, first, outcome="delivered", started_at=utcnow(), duration_ms=1, status_code=200,
-                            error=None, response_excerpt="ok", next_attempt_at=None)
+        repo.record_attempt(
+            s,
+            first,
+            outcome="delivered",
+            started_at=utcnow(),
+            duration_ms=1,
+            status_code=200,
+            error=None,
+            response_excerpt="ok",
+            next_attempt_at=None,
+        )
     with db.session_scope(engine) as s:
         due = repo.due_deliveries(s, connectors=["all"], limit=10)
         assert sorted(e.payload["data"]["n"] for _, e in due) == [2, 3]
@@ -92,7 +108,9 @@ def test_outbox_fans_out_by_subscription_and_keeps_order_per_subject(db_url: str
 def test_event_payload_has_the_webhook_envelope(db_url: str) -> None:
     engine = _engine(db_url)
     with db.session_scope(engine) as s:
-        event = repo.add_event(s, type="invoice.extracted", subject_id="inv_1", data={"id": "inv_1"}, connectors=[])
+        event = repo.add_event(
+            s, type="invoice.extracted", subject_id="inv_1", data={"id": "inv_1"}, connectors=[]
+        )
     assert event.payload["type"] == "invoice.extracted"
     assert event.payload["data"] == {"id": "inv_1"}
     assert event.payload["timestamp"].endswith("Z")

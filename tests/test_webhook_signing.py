@@ -20,12 +20,19 @@ def test_verify_accepts_own_signature_and_rejects_tampering() -> None:
     secret = new_secret()
     ts = int(time.time())
     body = b'{"type":"invoice.extracted"}'
-    headers = {"webhook-id": "evt_1", "webhook-timestamp": str(ts), "webhook-signature": sign(secret, "evt_1", ts, body)}
+    headers = {
+        "webhook-id": "evt_1",
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(secret, "evt_1", ts, body),
+    }
     assert verify(secret, headers, body)
     assert not verify(secret, headers, body + b" ")
     assert not verify(new_secret(), headers, body)
-    stale = {**headers, "webhook-timestamp": str(ts - 3600),
-             "webhook-signature": sign(secret, "evt_1", ts - 3600, body)}
+    stale = {
+        **headers,
+        "webhook-timestamp": str(ts - 3600),
+        "webhook-signature": sign(secret, "evt_1", ts - 3600, body),
+    }
     assert not verify(secret, stale, body)
 
 

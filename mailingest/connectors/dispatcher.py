@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -82,7 +83,7 @@ class Dispatcher:
             future.result()
         return len(work)
 
-    def _attempt(self, delivery_id: str, connector_name: str, event_id: str, payload: dict) -> None:  # type: ignore[type-arg]
+    def _attempt(self, delivery_id: str, connector_name: str, event_id: str, payload: dict[str, Any]) -> None:
         connector = self.connectors.get(connector_name)
         if connector is None:
             return
@@ -105,6 +106,9 @@ class Dispatcher:
             outcome = "dead" if permanent else "retry"
         except MailingestError as exc:
             error, outcome = exc.detail, "retry"
+        except Exception as exc:
+            log.exception("connector crashed", connector=connector_name, event_id=event_id)
+            error, outcome = f"internal error: {type(exc).__name__}: {exc}", "retry"
         duration_ms = round((time.perf_counter() - t0) * 1000, 2)
         with session_scope(self.engine) as session:
             delivery = session.get(tables.Delivery, delivery_id)
@@ -118,13 +122,27 @@ class Dispatcher:
                 else:
                     next_at = utcnow() + timedelta(seconds=delay)
             repo.record_attempt(
-                session, delivery, outcome=outcome, started_at=started_at, duration_ms=duration_ms,
-                status_code=status_code, error=error, response_excerpt=excerpt, next_attempt_at=next_at,
+                session,
+                delivery,
+                outcome=outcome,
+                started_at=started_at,
+                duration_ms=duration_ms,
+                status_code=status_code,
+                error=error,
+                response_excerpt=excerpt,
+                next_attempt_at=next_at,
             )
             if permanent:
                 self._disable(session, connector_name, error or "permanent failure")
-        log.info("delivery", connector=connector_name, event=event_id, outcome=outcome,
-                 status=status_code, ms=duration_ms, error=error)
+        log.info(
+            "delivery",
+            connector=connector_name,
+            event_id=event_id,
+            outcome=outcome,
+            status=status_code,
+            ms=duration_ms,
+            error=error,
+        )
 
     def _disable(self, session: Session, name: str, reason: str) -> None:
         state = session.get(tables.ConnectorState, name) or tables.ConnectorState(name=name)
@@ -132,7 +150,9 @@ class Dispatcher:
         session.add(state)
         self.connectors.pop(name, None)
         repo.add_event(
-            session, type="webhook_endpoint.disabled", subject_id=None,
+            session,
+            type="webhook_endpoint.disabled",
+            subject_id=None,
             data={"connector": name, "reason": reason},
             connectors=[(n, c.events) for n, c in self.connectors.items()],
         )
@@ -144,6 +164,9 @@ class Dispatcher:
                 busy = self.run_once()
             except MailingestError as exc:
                 log.error("dispatcher round failed", error=exc.detail)
+                busy = 0
+            except Exception:
+                log.exception("dispatcher round crashed")
                 busy = 0
             if not busy:
                 self.wake.wait(self.poll_interval)

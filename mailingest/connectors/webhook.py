@@ -31,9 +31,11 @@ SECRET_PREFIX = "whsec_"
 def secret_key(secret: str) -> bytes:
     """The HMAC key inside a ``whsec_<base64>`` secret."""
     if not secret.startswith(SECRET_PREFIX):
-        raise ConfigError("webhook secrets look like whsec_<base64>; generate one with `mailingest webhook-secret`")
+        raise ConfigError(
+            "webhook secrets look like whsec_<base64>; generate one with `mailingest webhook-secret`"
+        )
     try:
-        return base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+        return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except ValueError as exc:
         raise ConfigError("webhook secret is not valid base64 after whsec_") from exc
 

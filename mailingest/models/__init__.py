@@ -25,7 +25,25 @@ from mailingest.models.invoice import (
 )
 
 __all__ = [
-    "Address", "AllowanceCharge", "Amount", "Coding", "CreditTransfer", "Extraction", "FieldInfo",
-    "Invoice", "Item", "Line", "LineVat", "Party", "Payment", "Price", "Source", "SourceFile",
-    "Totals", "Validation", "ValidationMessage", "VatBreakdown", "new_id",
+    "Address",
+    "AllowanceCharge",
+    "Amount",
+    "Coding",
+    "CreditTransfer",
+    "Extraction",
+    "FieldInfo",
+    "Invoice",
+    "Item",
+    "Line",
+    "LineVat",
+    "Party",
+    "Payment",
+    "Price",
+    "Source",
+    "SourceFile",
+    "Totals",
+    "Validation",
+    "ValidationMessage",
+    "VatBreakdown",
+    "new_id",
 ]

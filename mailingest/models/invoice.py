@@ -235,6 +235,9 @@ class Invoice(_Model):
     validation: Validation | None = None
     duplicate_of: str | None = None
     status: Status = "extracted"
+    tags: list[str] = Field(default_factory=list)
+    approvers: list[str] = Field(default_factory=list)
+    routing: list[str] = Field(default_factory=list)  # names of the routing rules that fired, in order
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready dict: decimals as strings, unknowns dropped, ``from`` spelled as in mail."""

@@ -34,7 +34,7 @@ def normalize_url(url: str) -> str:
     """Accept ``postgresql://`` and ``postgres://`` and use psycopg 3 for them."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import and_, exists, or_, update
 from sqlalchemy.orm import aliased
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailingest.models import new_id
 from mailingest.storage.tables import AuditLog, Delivery, DeliveryAttempt, Event, Message, utcnow
@@ -124,7 +124,9 @@ def claim_next_message(session: Session, *, lease: float, worker: str, postgres:
 def release_stale_claims(session: Session) -> int:
     """At start-up in single-process mode nothing can still be working: reclaim at once."""
     result = session.execute(
-        update(Message).where(Message.status == "processing").values(status="received", claimed_until=None)
+        update(Message)
+        .where(col(Message.status) == "processing")
+        .values(status="received", claimed_until=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -174,7 +176,9 @@ def subscribed(event_type: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def due_deliveries(session: Session, *, connectors: Sequence[str], limit: int) -> list[tuple[Delivery, Event]]:
+def due_deliveries(
+    session: Session, *, connectors: Sequence[str], limit: int
+) -> list[tuple[Delivery, Event]]:
     """Pending deliveries whose time has come, oldest first, holding back any delivery while an
     earlier event about the same subject is still pending for that connector (order per invoice)."""
     if not connectors:
@@ -182,21 +186,21 @@ def due_deliveries(session: Session, *, connectors: Sequence[str], limit: int) -
     now = utcnow()
     earlier = aliased(Delivery)
     blocked = exists().where(
-        earlier.connector == Delivery.connector,
-        earlier.subject_id == Delivery.subject_id,
-        earlier.status == "pending",
-        earlier.event_seq < Delivery.event_seq,
+        col(earlier.connector) == col(Delivery.connector),
+        col(earlier.subject_id) == col(Delivery.subject_id),
+        col(earlier.status) == "pending",
+        col(earlier.event_seq) < col(Delivery.event_seq),
     )
     rows = session.exec(
         select(Delivery, Event)
-        .join(Event, Event.id == Delivery.event_id)
+        .join(Event, col(Event.id) == col(Delivery.event_id))
         .where(
-            Delivery.status == "pending",
-            Delivery.next_attempt_at <= now,
-            Delivery.connector.in_(connectors),  # type: ignore[attr-defined]
+            col(Delivery.status) == "pending",
+            col(Delivery.next_attempt_at) <= now,
+            col(Delivery.connector).in_(connectors),
             ~blocked,
         )
-        .order_by(Delivery.event_seq)
+        .order_by(col(Delivery.event_seq))
         .limit(limit)
     ).all()
     return [(d, e) for d, e in rows]

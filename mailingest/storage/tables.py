@@ -31,7 +31,9 @@ class Message(SQLModel, table=True):
     """
 
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("source", "mailbox", "uidvalidity", "uid", name="uq_messages_source_uid"),)
+    __table_args__ = (
+        UniqueConstraint("source", "mailbox", "uidvalidity", "uid", name="uq_messages_source_uid"),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     source: str = Field(max_length=20, index=True)  # smtp | drop | imap | api | cli

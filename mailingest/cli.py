@@ -1,0 +1,260 @@
+"""Command line (DESIGN.md 3.2 — stable; scripts rely on names, output shapes and exit codes).
+
+Exit codes: 0 success, 1 some input or operation failed, 2 usage or configuration error.
+Bad input never prints a traceback; unexpected internal errors print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mailingest import __version__
+from mailingest.errors import ConfigError, MailingestError, error_dict
+
+EPILOG = """examples:
+  mailingest serve                          run the daemon on embedded defaults (./data, loopback)
+  mailingest serve --config /etc/mailingest/config.toml
+  mailingest extract invoice.pdf mail.eml   print canonical invoices as JSON Lines, store nothing
+  mailingest ingest mail.eml                store, route and deliver once, then exit
+  mailingest db upgrade                     create or migrate the database schema
+  mailingest webhook-secret                 print a fresh whsec_ secret for a webhook endpoint
+
+environment: MAILINGEST_CONFIG names the config file; MAILINGEST_SECTION__KEY=value overrides
+any config key (e.g. MAILINGEST_STORAGE__URL=postgresql://user@host/db).
+docs: README.md and config.example.toml."""
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from mailingest.config import load_config
+
+    return load_config(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mailingest import logs
+    from mailingest.daemon import Daemon
+
+    config = _config(args)
+    logs.configure(config.log.level, config.log.format)
+    Daemon(config).run()
+    return 0
+
+
+def _extract_record(path: str) -> tuple[dict[str, Any], bool]:
+    from mailingest.errors import InputError
+    from mailingest.pipeline.analyse import analyse
+
+    record: dict[str, Any] = {"file": path, "invoices": [], "error": None}
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        record["error"] = {
+            "type": "file_error",
+            "title": "Cannot read file",
+            "detail": f"{path}: {exc.strerror}",
+        }
+        return record, False
+    try:
+        result = analyse(data, filename=Path(path).name, context={"channel": "cli"})
+    except InputError as exc:
+        record["error"] = exc.as_dict()
+        return record, False
+    record["invoices"] = [inv.to_json_dict() for inv in result.invoices]
+    record["documents"] = [
+        {
+            "path": o.doc.path,
+            "filename": o.doc.filename,
+            "kind": o.kind,
+            "status": o.status,
+            "invoices": len(o.invoices),
+            **({"error": o.error} if o.error else {}),
+        }
+        for o in result.documents
+    ]
+    failures = [o for o in result.documents if o.status in ("failed", "unsupported")]
+    if not record["invoices"] and (failures or not result.documents):
+        record["error"] = (
+            failures[0].error
+            if failures
+            else {
+                "type": "no_documents",
+                "title": "Nothing to extract",
+                "detail": f"{path}: the message carries no attachment or document",
+            }
+        )
+    return record, record["error"] is None
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from mailingest import logs
+
+    logs.configure("error", "json")
+    ok = True
+    for path in args.files:
+        try:
+            record, good = _extract_record(path)
+        except Exception as exc:
+            record, good = {"file": path, "invoices": [], "error": error_dict(exc)}, False
+        ok &= good
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    return 0 if ok else 1
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from mailingest import logs
+    from mailingest.ingest import ingest_files
+
+    config = _config(args)
+    logs.configure(config.log.level if args.verbose else "warning", config.log.format)
+    results = ingest_files(config, args.files)
+    for result in results:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return 0 if all(r.get("status") in ("processed", "duplicate") for r in results) else 1
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from mailingest.storage import db
+
+    config = _config(args)
+    engine = db.make_engine(config.storage_url)
+    if args.action == "upgrade":
+        db.upgrade(engine, args.revision)
+    print(f"{engine.url.render_as_string(hide_password=True)}: schema revision {db.current_revision(engine)}")
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from mailingest.models import Invoice
+    from mailingest.pipeline.runner import initial_status
+    from mailingest.routing.rules import apply, load_rules
+
+    config = _config(args)
+    path = Path(args.path) if args.path else config.rules.path
+    rules = load_rules(path)
+    if args.action == "check":
+        print(f"{path}: {len(rules)} rule(s) OK")
+        for rule in rules:
+            print(
+                f"  {rule.priority:>4}  {rule.name}  ({rule.origin}){'' if rule.enabled else '  [disabled]'}"
+            )
+        return 0
+    if not args.files:
+        raise ConfigError("rules test needs at least one FILE (an .eml, .pdf or .xml to route)")
+    ok = True
+    for file in args.files:
+        record, good = _extract_record(file)
+        ok &= good
+        for data in record["invoices"]:
+            invoice = Invoice.model_validate(data)
+            invoice.status = initial_status(invoice)  # type: ignore[assignment]
+            routed = apply(rules, invoice, first_match=config.rules.match == "first")
+            print(
+                json.dumps(
+                    {
+                        "file": file,
+                        "number": routed.number,
+                        "status": routed.status,
+                        "routing": routed.routing,
+                        "tags": routed.tags,
+                        "approvers": routed.approvers,
+                    }
+                )
+            )
+        if record["error"]:
+            print(json.dumps({"file": file, "error": record["error"]}))
+    return 0 if ok else 1
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    from mailingest.models import Invoice
+
+    print(json.dumps(Invoice.model_json_schema(by_alias=True), indent=2))
+    return 0
+
+
+def cmd_webhook_secret(_args: argparse.Namespace) -> int:
+    from mailingest.connectors.webhook import new_secret
+
+    print(new_secret())
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(config.model_dump_json(indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailingest",
+        description="Take invoices out of mailboxes; turn them into structured, routed data.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mailingest {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_: str, func: Any, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        if config:
+            p.add_argument(
+                "--config",
+                "-c",
+                metavar="PATH",
+                help="TOML config file (default: $MAILINGEST_CONFIG, else built-in defaults)",
+            )
+        p.set_defaults(func=func)
+        return p
+
+    add("serve", "run the daemon: sources, pipeline, API, connectors", cmd_serve)
+    p = add(
+        "extract",
+        "extract invoices from files and print JSON Lines; no database, no side effects",
+        cmd_extract,
+        config=False,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help=".eml, .pdf, .xml or other document files")
+    p = add(
+        "ingest", "run files through the whole pipeline once (store, route, deliver), then exit", cmd_ingest
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--verbose", "-v", action="store_true", help="log each step")
+    p = add("db", "database schema management", cmd_db)
+    p.add_argument("action", choices=["upgrade", "current"], help="upgrade: migrate to the newest schema")
+    p.add_argument("--revision", default="head", help="target revision for upgrade (default: head)")
+    p = add("rules", "check routing rule files, or show how they route given files", cmd_rules)
+    p.add_argument("action", choices=["check", "test"])
+    p.add_argument("files", nargs="*", metavar="FILE", help="for test: files to extract and route")
+    p.add_argument("--path", help="rules directory (default: [rules] path from the config)")
+    add("schema", "print the JSON Schema of the canonical invoice", cmd_schema, config=False)
+    add(
+        "webhook-secret", "print a new random whsec_ webhook signing secret", cmd_webhook_secret, config=False
+    )
+    add(
+        "config",
+        "validate the configuration and print it with defaults filled in (secrets redacted)",
+        cmd_config,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"mailingest: {exc.detail}", file=sys.stderr)
+        return 2
+    except MailingestError as exc:
+        print(f"mailingest: {exc.title}: {exc.detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Outbound connectors: the dispatcher and the destinations it delivers events to."""

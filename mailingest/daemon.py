@@ -1,0 +1,234 @@
+"""``mailingest serve``: wire sources, pipeline worker, outbox dispatcher and API in one process.
+
+Threads: the SMTP receiver (aiosmtpd's own loop), the drop-directory poller, one pipeline
+worker, the dispatcher (with a small delivery pool); the API runs on the main thread's asyncio
+loop under uvicorn. SIGTERM/SIGINT stop intake first, let the worker finish the message in hand
+(an unfinished one is simply processed again at the next start), then stop delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+import uvicorn
+
+from mailingest import __version__, systemd
+from mailingest.config import Config, parse_listen
+from mailingest.connectors.base import Connector
+from mailingest.connectors.dispatcher import Dispatcher
+from mailingest.connectors.webhook import WebhookConnector
+from mailingest.errors import MailingestError
+from mailingest.ledger import Ledger
+from mailingest.pipeline.runner import Router, Runtime, process_next
+from mailingest.routing.rules import apply, load_rules
+from mailingest.sources.base import Source
+from mailingest.sources.drop import DropSource
+from mailingest.sources.smtp import SmtpSource
+from mailingest.storage import db, repo
+from mailingest.storage.blobs import BlobStore
+
+log = structlog.get_logger("mailingest.daemon")
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT and stops
+    intake and workers in order (uvicorn would re-raise the signal after serving)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_connectors(config: Config) -> dict[str, Connector]:
+    return {w.name: WebhookConnector(w) for w in config.connectors.webhook if w.enabled}
+
+
+def build_router(config: Config) -> Router:
+    """Load the rules once at start-up (a broken rule file stops the start with a clear error)."""
+    rules = load_rules(config.rules.path)
+    first = config.rules.match == "first"
+    log.info("routing rules loaded", path=str(config.rules.path), rules=[r.name for r in rules])
+    return lambda invoice, context: apply(rules, invoice, first_match=first, context=context)
+
+
+class Worker:
+    """Runs the pipeline until stopped; woken at once by new mail, polls as a safety net."""
+
+    def __init__(
+        self, runtime: Runtime, wake: threading.Event, on_done: threading.Event, poll_interval: float
+    ) -> None:
+        self.runtime = runtime
+        self.wake = wake
+        self.on_done = on_done
+        self.poll_interval = poll_interval
+        self.stopping = threading.Event()
+        self.heartbeat = time.monotonic()
+        self.thread = threading.Thread(target=self._loop, name="pipeline", daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                did_work = process_next(self.runtime)
+            except MailingestError as exc:
+                log.error("pipeline step failed; retrying later", error=exc.detail)
+                did_work = False
+            except Exception:
+                log.exception("pipeline step crashed; retrying later")
+                did_work = False
+            if did_work:
+                self.on_done.set()
+            else:
+                self.wake.wait(self.poll_interval)
+                self.wake.clear()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.engine = db.make_engine(config.storage_url, echo=config.storage.echo)
+        self.wake = threading.Event()
+        self.blobs = BlobStore(config.data_dir / "blobs", in_database=config.storage.documents == "database")
+        self.ledger = Ledger(self.engine, self.blobs, self.wake)
+        self.sources: list[Source] = []
+        self.stop_event = threading.Event()
+        self.smtp_port: int | None = None
+
+    def _prepare(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        db.upgrade(self.engine)
+        with db.session_scope(self.engine) as session:
+            reclaimed = repo.release_stale_claims(session)
+        if reclaimed:
+            log.warning("resuming messages interrupted by the last stop", count=reclaimed)
+        connectors = build_connectors(self.config)
+        outbox = self.config.outbox
+        self.dispatcher = Dispatcher(
+            self.engine,
+            connectors,
+            schedule=outbox.retry_schedule,
+            concurrency=outbox.concurrency,
+            poll_interval=outbox.poll_interval,
+        )
+        runtime = Runtime(
+            engine=self.engine,
+            blobs=self.blobs,
+            connectors=[(c.name, c.events) for c in connectors.values()],
+            max_document_bytes=self.config.pipeline.max_document_bytes,
+            lease=self.config.pipeline.lease,
+            router=build_router(self.config),
+        )
+        self.worker = Worker(runtime, self.wake, self.dispatcher.wake, self.config.pipeline.poll_interval)
+        self.dispatch_thread = threading.Thread(
+            target=self.dispatcher.run_forever, name="dispatcher", daemon=True
+        )
+
+    def _start_sources(self) -> None:
+        src = self.config.sources
+        if src.drop.enabled:
+            self.sources.append(DropSource(src.drop, self.config.drop_path, self.ledger))
+        if src.smtp.enabled:
+            smtp = SmtpSource(src.smtp)
+            self.sources.append(smtp)
+        for source in self.sources:
+            source.start(self.ledger.accept)
+            if isinstance(source, SmtpSource):
+                self.smtp_port = source.port
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "pipeline": "ok" if self.worker.alive() else "stopped",
+            "dispatcher": "ok" if self.dispatch_thread.is_alive() else "stopped",
+        }
+
+    def run(self) -> None:
+        self._prepare()
+        self.worker.thread.start()
+        self.dispatch_thread.start()
+        self._start_sources()
+        watchdog_stop = threading.Event()
+        systemd.start_watchdog(watchdog_stop, lambda: all(v == "ok" for v in self.health().values()))
+        log.info(
+            "mailingest started",
+            version=__version__,
+            data_dir=str(self.config.data_dir.resolve()),
+            storage=self.engine.url.render_as_string(hide_password=True),
+            smtp_port=self.smtp_port,
+            api=self.config.api.listen if self.config.api.enabled else None,
+            drop=str(self.config.drop_path) if self.config.sources.drop.enabled else None,
+            connectors=sorted(self.dispatcher.connectors),
+        )
+        try:
+            if self.config.api.enabled:
+                asyncio.run(self._serve_api())
+            else:
+                self._wait_for_signal()
+        finally:
+            watchdog_stop.set()
+            self.shutdown()
+
+    async def _serve_api(self) -> None:
+        from mailingest.api.app import create_app
+
+        host, port = parse_listen(self.config.api.listen)
+        server = _ApiServer(
+            uvicorn.Config(
+                create_app(self.engine, self.health),
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, server)
+        serve = asyncio.create_task(server.serve())
+        while not server.started and not serve.done():
+            await asyncio.sleep(0.05)
+        if serve.done():
+            serve.result()
+            raise MailingestError(f"API could not listen on {self.config.api.listen}")
+        self._ready()
+        await serve
+
+    def _ready(self) -> None:
+        systemd.notify("READY=1\nSTATUS=receiving mail")
+        log.info("ready")
+
+    def _request_stop(self, server: uvicorn.Server | None = None) -> None:
+        log.info("stop requested; finishing work in hand")
+        systemd.notify("STOPPING=1")
+        self.stop_event.set()
+        if server is not None:
+            server.should_exit = True
+
+    def _wait_for_signal(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._request_stop())
+        self._ready()
+        while not self.stop_event.wait(0.5):
+            pass
+
+    def shutdown(self) -> None:
+        for source in self.sources:
+            source.stop()
+        self.worker.stopping.set()
+        self.wake.set()
+        self.worker.thread.join(timeout=30)
+        self.dispatcher.stop()
+        self.dispatch_thread.join(timeout=30)
+        self.dispatcher.close()
+        self.engine.dispose()
+        log.info("mailingest stopped")

@@ -1,0 +1,253 @@
+"""The daemon's side of the pipeline: claim a message from the ledger, analyse it, then store
+documents, invoices and outbox events in **one** transaction and mark the message processed.
+
+Crash anywhere before that commit and the message is still ``received``/``processing`` and will
+be analysed again (analysis has no side effects); crash after it and the outbox carries on. So
+each message's results are stored exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from mailingest.errors import MailingestError, error_dict
+from mailingest.models import Invoice, new_id
+from mailingest.pipeline.analyse import Analysis, DocumentOutcome, analyse
+from mailingest.pipeline.dedupe import find_duplicate, number_key
+from mailingest.storage import repo, tables
+from mailingest.storage.blobs import BlobStore
+from mailingest.storage.db import is_postgres, session_scope
+from mailingest.storage.tables import utcnow
+
+log = structlog.get_logger("mailingest.pipeline")
+
+MAX_ATTEMPTS = 5  # a message that crashed the worker this often is parked as failed (poison message)
+Router = Callable[[Invoice, dict[str, str | None]], Invoice]
+
+
+@dataclass
+class Runtime:
+    """What the runner needs from the daemon, passed explicitly (no globals)."""
+
+    engine: Engine
+    blobs: BlobStore
+    connectors: Sequence[tuple[str, Sequence[str]]]  # (name, event patterns)
+    max_document_bytes: int = 50 * 2**20
+    lease: float = 300.0
+    worker: str = "worker-1"
+    router: Router | None = None
+
+
+def initial_status(invoice: Invoice) -> str:
+    """Status before routing rules: review when invalid or a duplicate, else validated."""
+    if invoice.duplicate_of or (invoice.validation and not invoice.validation.valid):
+        return "needs_review"
+    return "validated"
+
+
+def _events_for(invoice: Invoice) -> list[str]:
+    events = ["invoice.extracted"]
+    events.append(
+        "invoice.validated"
+        if invoice.validation and invoice.validation.valid
+        else "invoice.validation_failed"
+    )
+    if invoice.duplicate_of:
+        events.append("invoice.duplicate_detected")
+    if invoice.status == "needs_review":
+        events.append("invoice.needs_review")
+    elif invoice.status in ("approved", "rejected"):
+        events.append(f"invoice.{invoice.status}")
+    return events
+
+
+def _document_row(msg: tables.Message, outcome: DocumentOutcome) -> tables.Document:
+    err = outcome.error or {}
+    return tables.Document(
+        id=new_id("doc"),
+        message_id=msg.id,
+        path=outcome.doc.path,
+        filename=outcome.doc.filename,
+        content_type=outcome.doc.content_type,
+        kind=outcome.kind,
+        size=outcome.doc.size,
+        sha256=outcome.doc.sha256,
+        status=outcome.status,
+        extractor=outcome.extractor,
+        error_type=err.get("type"),
+        error_title=err.get("title"),
+        error_detail=(err.get("detail") or "")[:4000] or None,
+        duration_ms=outcome.duration_ms,
+    )
+
+
+def document_view(row: tables.Document) -> dict[str, object]:
+    """The JSON shape of a document in events and the API."""
+    view: dict[str, object] = {
+        "id": row.id,
+        "message_id": row.message_id,
+        "path": row.path,
+        "filename": row.filename,
+        "content_type": row.content_type,
+        "kind": row.kind,
+        "size": row.size,
+        "sha256": row.sha256,
+        "status": row.status,
+        "extractor": row.extractor,
+    }
+    if row.error_type:
+        view["error"] = {"type": row.error_type, "title": row.error_title, "detail": row.error_detail}
+    return view
+
+
+def _store_invoice(
+    session: Session, rt: Runtime, msg: tables.Message, doc_row: tables.Document, invoice: Invoice
+) -> None:
+    invoice.id = invoice_id = new_id("inv")
+    dup = find_duplicate(session, invoice, doc_row.sha256)
+    if dup:
+        invoice.duplicate_of = dup[0]
+    invoice.status = initial_status(invoice)  # type: ignore[assignment]
+    if rt.router is not None:
+        invoice = rt.router(invoice, {"mailbox": msg.mailbox, "from": msg.from_addr, "subject": msg.subject})
+    data = invoice.to_json_dict()
+    if dup:
+        data["duplicate"] = {"of": dup[0], "reason": dup[1]}
+    seller = invoice.seller
+    session.add(
+        tables.Invoice(
+            id=invoice_id,
+            document_id=doc_row.id,
+            message_id=msg.id,
+            number=invoice.number,
+            number_key=number_key(invoice.number) if invoice.number else None,
+            type=invoice.type,
+            seller_name=seller.name if seller else None,
+            seller_vat_id=seller.vat_id if seller else None,
+            issue_date=invoice.issue_date,
+            currency=invoice.currency,
+            amount_due=invoice.totals.amount_due,
+            status=invoice.status,
+            valid=invoice.validation.valid if invoice.validation else None,
+            duplicate_of=invoice.duplicate_of,
+            data=data,
+        )
+    )
+    session.flush()  # later invoices of the same message see this one as a possible original
+    for event_type in _events_for(invoice):
+        repo.add_event(session, type=event_type, subject_id=invoice.id, data=data, connectors=rt.connectors)
+
+
+def store_analysis(session: Session, rt: Runtime, msg: tables.Message, analysis: Analysis) -> int:
+    """Write everything learnt from one message; returns the number of invoices stored."""
+    count = 0
+    for outcome in analysis.documents:
+        rt.blobs.put(session, outcome.doc.data)
+        doc_row = _document_row(msg, outcome)
+        session.add(doc_row)
+        session.flush()
+        repo.add_event(
+            session,
+            type="document.received",
+            subject_id=doc_row.id,
+            data=document_view(doc_row),
+            connectors=rt.connectors,
+        )
+        if outcome.status in ("failed", "unsupported"):
+            repo.add_event(
+                session,
+                type="document.rejected",
+                subject_id=doc_row.id,
+                data=document_view(doc_row),
+                connectors=rt.connectors,
+            )
+        for invoice in outcome.invoices:
+            _store_invoice(session, rt, msg, doc_row, invoice)
+            count += 1
+    msg.status = "processed"
+    msg.processed_at = utcnow()
+    msg.claimed_until = None
+    msg.error = {"problems": analysis.problems} if analysis.problems else None
+    session.add(msg)
+    return count
+
+
+def _fail_message(rt: Runtime, msg_id: str, error: dict[str, str]) -> None:
+    with session_scope(rt.engine) as session:
+        msg = session.get(tables.Message, msg_id)
+        if msg is None:
+            return
+        msg.status, msg.error, msg.claimed_until, msg.processed_at = "failed", error, None, utcnow()
+        session.add(msg)
+        view = {"message_id": msg.id, "filename": msg.filename, "subject": msg.subject, "error": error}
+        repo.add_event(
+            session, type="document.rejected", subject_id=msg.id, data=view, connectors=rt.connectors
+        )
+
+
+def process_next(rt: Runtime) -> bool:
+    """Process one waiting message; False when there was nothing to do."""
+    with session_scope(rt.engine) as session:
+        msg = repo.claim_next_message(
+            session, lease=rt.lease, worker=rt.worker, postgres=is_postgres(rt.engine)
+        )
+        if msg is None:
+            return False
+        if msg.attempts > MAX_ATTEMPTS:
+            msg.status, msg.claimed_until = "failed", None
+            msg.error = {
+                "type": "gave_up",
+                "title": "Processing kept failing",
+                "detail": f"abandoned after {MAX_ATTEMPTS} attempts; see the logs",
+            }
+            return True
+        msg_id, sha, filename = msg.id, msg.sha256, msg.filename
+        context = {
+            "channel": msg.source,
+            "mailbox": msg.mailbox,
+            "received_at": msg.received_at.isoformat().replace("+00:00", "Z"),
+        }
+        raw = rt.blobs.get(session, sha)
+    started = time.perf_counter()
+    bound = log.bind(message=msg_id, source=context["channel"])
+    try:
+        analysis = analyse(raw, filename=filename, context=context, max_bytes=rt.max_document_bytes)
+    except MailingestError as exc:
+        _fail_message(rt, msg_id, exc.as_dict())
+        bound.warning("message rejected", error=exc.detail)
+        return True
+    for outcome in analysis.documents:
+        bound.info(
+            "document",
+            path=outcome.doc.path,
+            filename=outcome.doc.filename,
+            kind=outcome.kind,
+            status=outcome.status,
+            invoices=len(outcome.invoices),
+            ms=outcome.duration_ms,
+            error=(outcome.error or {}).get("detail"),
+        )
+    try:
+        with session_scope(rt.engine) as session:
+            msg = session.get(tables.Message, msg_id)
+            assert msg is not None
+            count = store_analysis(session, rt, msg, analysis)
+    except MailingestError as exc:
+        bound.error("storing results failed; will retry", error=exc.detail)
+        raise
+    except Exception as exc:
+        bound.exception("storing results crashed", error=error_dict(exc)["detail"])
+        raise
+    bound.info(
+        "message processed",
+        documents=len(analysis.documents),
+        invoices=count,
+        ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    return True

@@ -1,0 +1,1 @@
+"""Routing: TOML rules that decide status, approvers and tags of each invoice."""

@@ -1,0 +1,1 @@
+"""Mail sources: each one only turns the outside world into raw messages handed to a sink."""
