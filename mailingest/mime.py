@@ -24,7 +24,6 @@ import html
 import mimetypes
 import quopri
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
@@ -38,7 +37,7 @@ from mailparser.utils import decode_base64_payload, decode_header_part
 
 from mailingest.documents import Document
 from mailingest.errors import DocumentTooLarge, HostileDocument, InputError, MalformedDocument, MimeError
-from mailingest.mime_archive import Member, Refused, read_tnef, read_zip, safe_filename, safe_member_path
+from mailingest.mime_archive import Refused, read_tnef, read_zip, safe_filename, safe_member_path
 from mailingest.pipeline.detect import detect
 
 DEFAULT_MAX_DEPTH = 5
@@ -327,12 +326,15 @@ class _Unpacker:
             label = name or f"part {path}"
             self.problem(path, DocumentTooLarge(f"{label}: {len(data)} bytes exceed the message budget"))
             return
-        kind = detect(Document(data=data[:_SNIFF_BYTES], filename=name, content_type=ctype))
-        if kind == "zip" and not _is_office_container(name, ctype):
-            self.open_archive(read_zip, data, name, path, depth, archive_depth)
-            return
-        if kind == "tnef":
-            self.open_archive(read_tnef, data, name, path, depth, archive_depth)
+        # Archive magic first: detect() finds "%PDF-" anywhere in the head, so a zip that stores a
+        # PDF uncompressed would pass for a PDF.
+        kind = (
+            "zip"
+            if data.startswith(b"PK\x03\x04")
+            else detect(Document(data=data[:_SNIFF_BYTES], filename=name, content_type=ctype))
+        )
+        if kind == "tnef" or (kind == "zip" and not _is_office_container(name, ctype)):
+            self.open_archive(kind, data, name or f"part {path}", path, (depth, archive_depth))
             return
         if kind == "message" and looks_like_message(data):
             self.nested_bytes(data, path, depth + 1)
@@ -348,35 +350,28 @@ class _Unpacker:
             Document(data=data, filename=filename, content_type=ctype, path=unique, charset=charset)
         )
 
-    def open_archive(
-        self,
-        reader: Callable[..., list[Member | Refused]],
-        data: bytes,
-        name: str | None,
-        path: str,
-        depth: int,
-        archive_depth: int,
-    ) -> None:
-        label = name or f"part {path}"
+    def open_archive(self, kind: str, data: bytes, label: str, path: str, levels: tuple[int, int]) -> None:
+        """Take an archive's members as documents; ``levels`` is (mail depth, archive depth)."""
+        depth, archive_depth = levels
         if archive_depth >= ARCHIVE_MAX_DEPTH:
             self.problem(path, HostileDocument(f"{label}: archives nested deeper than {ARCHIVE_MAX_DEPTH}"))
             return
         try:
-            members = reader(data, max_bytes=self.budget)
+            members = (read_zip if kind == "zip" else read_tnef)(data, max_bytes=self.budget)
         except InputError as exc:
             self.problem(path, type(exc)(f"{label}: {exc.detail}"))
             return
-        for member in members:
+        for index, member in enumerate(members, start=1):
             components = safe_member_path(member.name)
-            member_path = f"{path}/{'/'.join(components) or 'unnamed'}"
+            if isinstance(member, Refused):  # a nameless refusal speaks about the whole archive
+                self.problem(f"{path}/{'/'.join(components)}" if components else path, member.error)
+                continue
+            member_path = f"{path}/{'/'.join(components) or index}"
             if not self.count(member_path):
                 return
-            if isinstance(member, Member):
-                member_name = components[-1] if components else None
-                ctype = mimetypes.guess_type(member_name)[0] if member_name else None
-                self.take(member.data, member_name, ctype, None, member_path, depth, archive_depth + 1)
-            else:
-                self.problem(member_path, member.error)
+            member_name = components[-1] if components else None
+            ctype = mimetypes.guess_type(member_name)[0] if member_name else None
+            self.take(member.data, member_name, ctype, None, member_path, depth, archive_depth + 1)
 
 
 class _DefaultPolicy(EmailPolicy):

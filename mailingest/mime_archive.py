@@ -137,15 +137,17 @@ def read_tnef(data: bytes, *, max_bytes: int) -> list[Member | Refused]:
     """Take the attachments out of a winmail.dat (Outlook's TNEF wrapper), embedded messages too.
 
     Uses tnefparse (LGPL-3.0, imported as a library, so our Apache-2.0 code stays Apache-2.0).
-    Raises ``MalformedDocument`` when the bytes are not readable TNEF.
+    tnefparse only logs a bad checksum, so damage (typically truncation) is reported here as a
+    nameless ``Refused`` ahead of the attachments, which are still returned: a damaged part of one
+    attachment should not cost the others. Raises ``MalformedDocument`` when nothing is readable.
     """
     try:
-        # Checksums off: a damaged checksum should cost that attachment's fidelity, not the
-        # whole winmail.dat; downstream parsers judge the bytes.
-        tnef = TNEF(data, do_checksum=False)
+        tnef = TNEF(data, do_checksum=True)
     except Exception as exc:  # tnefparse slices bytes without bounds checks: any error means "damaged"
         raise MalformedDocument(f"unreadable winmail.dat: {type(exc).__name__}: {exc}") from exc
     out: list[Member | Refused] = []
+    if not all(getattr(obj, "good_checksum", True) for obj in tnef.objects):
+        out.append(Refused("", MalformedDocument("winmail.dat fails its checksums: attachments may be cut")))
     _collect_tnef(tnef.attachments, out, max_bytes, depth=0)
     return out
 
