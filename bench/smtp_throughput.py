@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from email.message import EmailMessage
+from email.policy import SMTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def make_mail(n: int) -> tuple[str, bytes]:
     )
     msg.set_content("Invoice attached.")
     msg.add_attachment(xml.encode(), maintype="application", subtype="xml", filename=f"BENCH-{n:06d}.xml")
-    return msg_id, msg.as_bytes()
+    return msg_id, msg.as_bytes(policy=SMTP)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -171,12 +172,16 @@ allow_private_network = true
     )
     mails = [make_mail(n) for n in range(args.mails)]
     accepted: dict[str, float] = {}
+    errors: list[str] = []
 
     def sender(chunk: list[tuple[str, bytes]]) -> None:
-        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=60) as smtp:
-            for msg_id, raw in chunk:
-                smtp.sendmail("billing@bench.example", ["ap@buyer.example"], raw)
-                accepted[msg_id] = time.monotonic()
+        try:
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=60) as smtp:
+                for msg_id, raw in chunk:
+                    smtp.sendmail("billing@bench.example", ["ap@buyer.example"], raw)
+                    accepted[msg_id] = time.monotonic()
+        except (OSError, smtplib.SMTPException) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
 
     t0 = time.monotonic()
     threads = [threading.Thread(target=sender, args=(mails[i :: args.senders],)) for i in range(args.senders)]
@@ -185,6 +190,11 @@ allow_private_network = true
     for t in threads:
         t.join()
     t_sent = time.monotonic()
+    if errors:
+        print("sending failed:", *errors, sep="\n  ")
+        proc.terminate()
+        return 1
+    print(f"{len(accepted)} mails accepted over SMTP in {t_sent - t0:.1f}s; waiting for webhooks", flush=True)
     deadline = time.monotonic() + 600
     last_report = 0.0
     while len(received) < args.mails and time.monotonic() < deadline:

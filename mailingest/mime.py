@@ -8,8 +8,8 @@ cost its siblings. Only input with no message structure at all raises ``MimeErro
 
 The standard library parser is the base, with ``policy.default`` for its RFC 2047/2231 decoding.
 That policy's header parser can raise on hostile headers, so a part it chokes on is read again
-under ``compat32``; mail-parser decodes what compat32 leaves encoded, recovers base64 that the
-standard library gives up on, and reads obsolete date formats.
+under ``compat32``; mail-parser decodes what compat32 leaves encoded and recovers base64 that the
+standard library gives up on.
 
 Part paths are IMAP section numbers (RFC 3501, FETCH BODY[section]) so a source can refer back to
 them: "2" is the second part, "2.1" the first part of the mail forwarded in part 2, and archive
@@ -25,14 +25,12 @@ import mimetypes
 import quopri
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.policy import Compat32, EmailPolicy
 from email.utils import formataddr, getaddresses, parsedate_to_datetime
 from typing import Any
 
-from mailparser.dates import parse_mail_date
 from mailparser.utils import decode_base64_payload, decode_header_part
 
 from mailingest.documents import Document
@@ -70,6 +68,7 @@ _TEXT_CTES = frozenset({"7bit", "8bit", "binary"})
 _KNOWN_CTES = _TEXT_CTES | {"base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"}
 _CONTAINER_SUFFIXES = (".docx", ".docm", ".xlsx", ".xlsm", ".pptx", ".odt", ".ods", ".odp", ".epub", ".jar")
 _EXTENSIONS = {"pdf": ".pdf", "xml": ".xml", "zip": ".zip", "message": ".eml", "tnef": ".dat", "msg": ".msg"}
+_BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?")
 _FIELD = re.compile(rb"([!-9;-~]{1,76})[ \t]*:")
 _MAIL_HEADERS = frozenset(
@@ -79,8 +78,7 @@ _MAIL_HEADERS = frozenset(
 )
 _UNSAFE_CODECS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape"})
 _HEADER_LIMIT = 8192
-_SNIFF_BYTES = 16384
-_SNIFF_LINES = 60
+_SNIFF_BYTES = 65536
 
 
 @dataclass(frozen=True)
@@ -99,8 +97,9 @@ class MessageMeta:
 class Unpacked:
     """Everything one message yields; ``problems`` are parts that could not be taken out.
 
-    ``body_text`` is the plain-text body (or the HTML body stripped of markup) of the outer
-    message, kept for the "invoice written in the mail body" case.
+    A problem is ``{"type", "title", "detail"}`` of an ``InputError`` plus the ``path`` of the part
+    ("0" for the message as a whole). ``body_text`` is the plain-text body (or the HTML body
+    stripped of markup) of the outer message, kept for the "invoice written in the body" case.
     """
 
     meta: MessageMeta
@@ -125,7 +124,8 @@ def unpack_message(
 
     ``max_depth`` bounds forwarded-mail nesting, ``max_parts`` the MIME parts and archive members
     visited, ``max_total_bytes`` the sum of document sizes; what lies beyond becomes a problem.
-    Raises ``MimeError`` only when ``raw`` has no mail header block at all.
+    Raises ``MimeError`` only when ``raw`` has no mail header block at all, or when neither
+    policy of the stdlib parser can read it.
     """
     start = _header_start(raw)
     if start is None:
@@ -334,7 +334,7 @@ class _Unpacker:
             else detect(Document(data=data[:_SNIFF_BYTES], filename=name, content_type=ctype))
         )
         if kind == "tnef" or (kind == "zip" and not _is_office_container(name, ctype)):
-            self.open_archive(kind, data, name or f"part {path}", path, (depth, archive_depth))
+            self.open_archive(kind, data, name or f"part {path}", path, depth, archive_depth)
             return
         if kind == "message" and looks_like_message(data):
             self.nested_bytes(data, path, depth + 1)
@@ -342,7 +342,7 @@ class _Unpacker:
         # .msg (Outlook OLE2) stays whole: the one maintained reader, extract-msg, is GPL-3.0.
         filename = name or _synthetic_name(path, kind, ctype)
         unique = path
-        while unique in self.paths:
+        while unique in self.paths:  # archives may repeat a name; paths must tell documents apart
             unique += "~"
         self.paths.add(unique)
         self.budget -= len(data)
@@ -350,9 +350,9 @@ class _Unpacker:
             Document(data=data, filename=filename, content_type=ctype, path=unique, charset=charset)
         )
 
-    def open_archive(self, kind: str, data: bytes, label: str, path: str, levels: tuple[int, int]) -> None:
-        """Take an archive's members as documents; ``levels`` is (mail depth, archive depth)."""
-        depth, archive_depth = levels
+    def open_archive(
+        self, kind: str, data: bytes, label: str, path: str, depth: int, archive_depth: int
+    ) -> None:
         if archive_depth >= ARCHIVE_MAX_DEPTH:
             self.problem(path, HostileDocument(f"{label}: archives nested deeper than {ARCHIVE_MAX_DEPTH}"))
             return
@@ -487,9 +487,6 @@ def _base64_is_damaged(part: Message, data: bytes) -> bool:
     return not data or junk * 20 > len(encoded)
 
 
-_BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-
-
 def _decode_transfer(encoded: bytes, cte: str) -> bytes:
     if cte == "base64":
         return bytes(decode_base64_payload(encoded.decode("ascii", "replace")))
@@ -581,7 +578,7 @@ def _header_start(data: bytes) -> int | None:
     head = data[:_SNIFF_BYTES]
     start = 3 if head.startswith(b"\xef\xbb\xbf") else 0
     start += len(head[start:]) - len(head[start:].lstrip(b" \t\r\n"))
-    lines = head[start:].splitlines()[:_SNIFF_LINES]
+    lines = head[start:].splitlines()
     if lines and lines[0].startswith(b"From "):
         lines = lines[1:]
     if not lines or not _FIELD.match(lines[0]):
@@ -658,16 +655,7 @@ def _date(msg: Message) -> str | None:
     raw = _raw_header(msg, "date") if found is None else None
     if raw:
         try:
-            found = parsedate_to_datetime(raw)
+            found = parsedate_to_datetime(raw)  # compat32 has no parsed date
         except _STDLIB_ERRORS:
-            found = _obsolete_date(raw)
+            found = None
     return found.isoformat() if found is not None else None
-
-
-def _obsolete_date(raw: str) -> datetime | None:
-    """RFC 822 forms the stdlib refuses (two-digit years, odd zones, comments), via mail-parser."""
-    try:
-        value = parse_mail_date(raw).value
-    except _STDLIB_ERRORS:
-        return None
-    return value if isinstance(value, datetime) else None

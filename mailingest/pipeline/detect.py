@@ -22,12 +22,13 @@ def detect(doc: Document) -> Kind:
     head = data[:1024]
     name = (doc.filename or "").lower()
     ctype = (doc.content_type or "").lower()
+    # Container magic first: a zip holding an uncompressed PDF has "%PDF-" in its first kilobyte.
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
     if b"%PDF-" in head:
         return "pdf"
     if head.startswith(_IMAGE_MAGIC) or (head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1")):
         return "image"
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
     if head.startswith(b"\x78\x9f\x3e\x22"):
         return "tnef"
     if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):

@@ -9,6 +9,7 @@ each message's results are stored exactly once.
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -65,6 +66,16 @@ def _events_for(invoice: Invoice) -> list[str]:
     elif invoice.status in ("approved", "rejected"):
         events.append(f"invoice.{invoice.status}")
     return events
+
+
+def _fit(value: str | None, size: int) -> str | None:
+    """Index columns have fixed widths; the full value always stays in the JSON ``data``."""
+    return value[:size] if value else value
+
+
+def _amount_column(value: Decimal | None) -> Decimal | None:
+    """NUMERIC(18, 4) holds up to 10^14; anything larger is nonsense from a document, kept in JSON only."""
+    return value if value is not None and abs(value) < Decimal(10) ** 14 else None
 
 
 def _document_row(msg: tables.Message, outcome: DocumentOutcome) -> tables.Document:
@@ -125,14 +136,14 @@ def _store_invoice(
             id=invoice_id,
             document_id=doc_row.id,
             message_id=msg.id,
-            number=invoice.number,
-            number_key=number_key(invoice.number) if invoice.number else None,
+            number=_fit(invoice.number, 200),
+            number_key=_fit(number_key(invoice.number), 200) if invoice.number else None,
             type=invoice.type,
-            seller_name=seller.name if seller else None,
-            seller_vat_id=seller.vat_id if seller else None,
-            issue_date=invoice.issue_date,
-            currency=invoice.currency,
-            amount_due=invoice.totals.amount_due,
+            seller_name=_fit(seller.name, 500) if seller else None,
+            seller_vat_id=_fit(seller.vat_id, 50) if seller else None,
+            issue_date=_fit(invoice.issue_date, 10),
+            currency=_fit(invoice.currency, 3),
+            amount_due=_amount_column(invoice.totals.amount_due),
             status=invoice.status,
             valid=invoice.validation.valid if invoice.validation else None,
             duplicate_of=invoice.duplicate_of,
@@ -144,7 +155,7 @@ def _store_invoice(
         repo.add_event(session, type=event_type, subject_id=invoice.id, data=data, connectors=rt.connectors)
 
 
-def store_analysis(session: Session, rt: Runtime, msg: tables.Message, analysis: Analysis) -> int:
+def store_analysis(session: Session, rt: Runtime, msg: tables.Message, analysis: Analysis, token: str) -> int:
     """Write everything learnt from one message; returns the number of invoices stored."""
     count = 0
     for outcome in analysis.documents:
@@ -170,21 +181,17 @@ def store_analysis(session: Session, rt: Runtime, msg: tables.Message, analysis:
         for invoice in outcome.invoices:
             _store_invoice(session, rt, msg, doc_row, invoice)
             count += 1
-    msg.status = "processed"
-    msg.processed_at = utcnow()
-    msg.claimed_until = None
-    msg.error = {"problems": analysis.problems} if analysis.problems else None
-    session.add(msg)
+    problems = {"problems": analysis.problems} if analysis.problems else None
+    repo.finish_claim(session, msg.id, token, status="processed", error=problems)
     return count
 
 
-def _fail_message(rt: Runtime, msg_id: str, error: dict[str, str]) -> None:
+def _fail_message(rt: Runtime, msg_id: str, token: str, error: dict[str, str]) -> None:
     with session_scope(rt.engine) as session:
         msg = session.get(tables.Message, msg_id)
         if msg is None:
             return
-        msg.status, msg.error, msg.claimed_until, msg.processed_at = "failed", error, None, utcnow()
-        session.add(msg)
+        repo.finish_claim(session, msg_id, token, status="failed", error=error)
         view = {"message_id": msg.id, "filename": msg.filename, "subject": msg.subject, "error": error}
         repo.add_event(
             session, type="document.rejected", subject_id=msg.id, data=view, connectors=rt.connectors
@@ -199,27 +206,33 @@ def process_next(rt: Runtime) -> bool:
         )
         if msg is None:
             return False
-        if msg.attempts > MAX_ATTEMPTS:
-            msg.status, msg.claimed_until = "failed", None
-            msg.error = {
-                "type": "gave_up",
-                "title": "Processing kept failing",
-                "detail": f"abandoned after {MAX_ATTEMPTS} attempts; see the logs",
-            }
-            return True
-        msg_id, sha, filename = msg.id, msg.sha256, msg.filename
+        msg_id, sha, filename, token, attempts = (
+            msg.id,
+            msg.sha256,
+            msg.filename,
+            msg.claim_token,
+            msg.attempts,
+        )
         context = {
             "channel": msg.source,
             "mailbox": msg.mailbox,
             "received_at": msg.received_at.isoformat().replace("+00:00", "Z"),
         }
         raw = rt.blobs.get(session, sha)
+    assert token is not None
     started = time.perf_counter()
     bound = log.bind(message=msg_id, source=context["channel"])
+    if attempts > MAX_ATTEMPTS:
+        detail = f"abandoned after {MAX_ATTEMPTS} attempts that did not finish; see the logs"
+        _fail_message(
+            rt, msg_id, token, {"type": "gave_up", "title": "Processing kept failing", "detail": detail}
+        )
+        bound.error("message abandoned", error=detail)
+        return True
     try:
         analysis = analyse(raw, filename=filename, context=context, max_bytes=rt.max_document_bytes)
     except MailingestError as exc:
-        _fail_message(rt, msg_id, exc.as_dict())
+        _fail_message(rt, msg_id, token, exc.as_dict())
         bound.warning("message rejected", error=exc.detail)
         return True
     for outcome in analysis.documents:
@@ -237,7 +250,7 @@ def process_next(rt: Runtime) -> bool:
         with session_scope(rt.engine) as session:
             msg = session.get(tables.Message, msg_id)
             assert msg is not None
-            count = store_analysis(session, rt, msg, analysis)
+            count = store_analysis(session, rt, msg, analysis, token)
     except MailingestError as exc:
         bound.error("storing results failed; will retry", error=exc.detail)
         raise

@@ -7,6 +7,7 @@ Each function takes an open session and leaves committing to the caller
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
@@ -17,6 +18,7 @@ from sqlalchemy import and_, exists, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
+from mailingest.errors import StorageError
 from mailingest.models import new_id
 from mailingest.storage.tables import AuditLog, Delivery, DeliveryAttempt, Event, Message, utcnow
 
@@ -95,30 +97,52 @@ def claim_next_message(session: Session, *, lease: float, worker: str, postgres:
     """Take the oldest message that needs processing and lease it to this worker.
 
     A message left in ``processing`` by a crashed worker becomes claimable again once its lease
-    runs out; PostgreSQL uses SKIP LOCKED so several workers never take the same one.
+    runs out. The claim is a conditional UPDATE, so two workers (threads, processes, machines)
+    never both win it; PostgreSQL also skips rows another claimer holds locked. The returned
+    message carries a fresh ``claim_token``: only the holder of the current token may store the
+    results (``finish_claim``), so a worker whose lease ran out cannot store them a second time.
     """
     now = utcnow()
-    query = (
-        select(Message)
-        .where(
-            or_(
-                Message.status == "received",  # type: ignore[arg-type]
-                and_(Message.status == "processing", Message.claimed_until < now),  # type: ignore[arg-type,operator]
-            )
-        )
-        .order_by(Message.received_at)  # type: ignore[arg-type]
-        .limit(1)
+    claimable = or_(
+        col(Message.status) == "received",
+        and_(col(Message.status) == "processing", col(Message.claimed_until) < now),
     )
+    query = select(Message).where(claimable).order_by(col(Message.received_at)).limit(1)
     if postgres:
         query = query.with_for_update(skip_locked=True)
     msg = session.exec(query).first()
     if msg is None:
         return None
-    msg.status = "processing"
-    msg.attempts += 1
-    msg.claimed_until = now + timedelta(seconds=lease)
-    session.add(msg)
+    token = f"{worker}:{secrets.token_hex(8)}"
+    won = session.execute(
+        update(Message)
+        .where(col(Message.id) == msg.id, claimable)
+        .values(
+            status="processing",
+            attempts=Message.attempts + 1,
+            claim_token=token,
+            claimed_until=now + timedelta(seconds=lease),
+        )
+    )
+    if not won.rowcount:  # type: ignore[attr-defined]
+        return None
+    session.refresh(msg)
     return msg
+
+
+def finish_claim(
+    session: Session, msg_id: str, token: str, *, status: str, error: dict[str, Any] | None
+) -> None:
+    """Mark the claimed message done — only if this worker still holds the claim, else roll back."""
+    done = session.execute(
+        update(Message)
+        .where(
+            col(Message.id) == msg_id, col(Message.claim_token) == token, col(Message.status) == "processing"
+        )
+        .values(status=status, error=error, claimed_until=None, processed_at=utcnow())
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        raise StorageError(f"message {msg_id}: the claim was lost (lease expired and another worker took it)")
 
 
 def release_stale_claims(session: Session) -> int:
@@ -126,7 +150,7 @@ def release_stale_claims(session: Session) -> int:
     result = session.execute(
         update(Message)
         .where(col(Message.status) == "processing")
-        .values(status="received", claimed_until=None)
+        .values(status="received", claimed_until=None, claim_token=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

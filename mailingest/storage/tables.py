@@ -11,7 +11,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, LargeBinary, Numeric, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    Numeric,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -19,8 +29,25 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite hands back naive datetimes otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
 def _ts(**kw: Any) -> Any:
-    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kw)
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, **kw)
 
 
 class Message(SQLModel, table=True):
@@ -50,10 +77,11 @@ class Message(SQLModel, table=True):
     status: str = Field(default="received", max_length=20, index=True)
     duplicate_of: str | None = Field(default=None, max_length=40)
     attempts: int = 0
-    claimed_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    claim_token: str | None = Field(default=None, max_length=80)
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     received_at: datetime = _ts(index=True)
-    processed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Blob(SQLModel, table=True):
@@ -139,7 +167,7 @@ class Delivery(SQLModel, table=True):
     attempts: int = 0
     next_attempt_at: datetime = _ts(index=True)
     last_error: str | None = Field(default=None, max_length=2000)
-    delivered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = _ts()
 
 
@@ -179,5 +207,5 @@ class ConnectorState(SQLModel, table=True):
     __tablename__ = "connector_state"
 
     name: str = Field(primary_key=True, max_length=100)
-    disabled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    disabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     disabled_reason: str | None = Field(default=None, max_length=500)
