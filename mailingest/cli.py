@@ -144,8 +144,6 @@ def cmd_rules(args: argparse.Namespace) -> int:
                 f"  {rule.priority:>4}  {rule.name}  ({rule.origin}){'' if rule.enabled else '  [disabled]'}"
             )
         return 0
-    if not args.files:
-        raise ConfigError("rules test needs at least one FILE (an .eml, .pdf or .xml to route)")
     ok = True
     for file in args.files:
         record, good = _extract_record(file)
@@ -230,9 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["upgrade", "current"], help="upgrade: migrate to the newest schema")
     p.add_argument("--revision", default="head", help="target revision for upgrade (default: head)")
     p = add("rules", "check routing rule files, or show how they route given files", cmd_rules)
-    p.add_argument("action", choices=["check", "test"])
-    p.add_argument("files", nargs="*", metavar="FILE", help="for test: files to extract and route")
-    p.add_argument("--path", help="rules directory (default: [rules] path from the config)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (
+        ("check", "validate every rule file and list the rules in order"),
+        ("test", "extract FILEs and print how the rules route each invoice"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("--path", help="rules directory (default: [rules] path from the config)")
+        action.add_argument(
+            "--config", "-c", metavar="PATH", default=argparse.SUPPRESS, help="TOML config file"
+        )
+        if name == "test":
+            action.add_argument("files", nargs="+", metavar="FILE", help=".eml, .pdf or .xml files to route")
     add("schema", "print the JSON Schema of the canonical invoice", cmd_schema, config=False)
     add(
         "webhook-secret", "print a new random whsec_ webhook signing secret", cmd_webhook_secret, config=False

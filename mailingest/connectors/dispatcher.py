@@ -149,6 +149,14 @@ class Dispatcher:
         state.disabled_at, state.disabled_reason = utcnow(), reason[:500]
         session.add(state)
         self.connectors.pop(name, None)
+        repo.audit(
+            session,
+            actor="dispatcher",
+            action="connector.disabled",
+            subject_type="connector",
+            subject_id=name[:40],
+            detail={"reason": reason},
+        )
         repo.add_event(
             session,
             type="webhook_endpoint.disabled",

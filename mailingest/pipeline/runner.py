@@ -9,9 +9,9 @@ each message's results are stored exactly once.
 from __future__ import annotations
 
 import time
-from decimal import Decimal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -24,7 +24,6 @@ from mailingest.pipeline.dedupe import find_duplicate, number_key
 from mailingest.storage import repo, tables
 from mailingest.storage.blobs import BlobStore
 from mailingest.storage.db import is_postgres, session_scope
-from mailingest.storage.tables import utcnow
 
 log = structlog.get_logger("mailingest.pipeline")
 
@@ -151,6 +150,14 @@ def _store_invoice(
         )
     )
     session.flush()  # later invoices of the same message see this one as a possible original
+    repo.audit(
+        session,
+        actor="pipeline",
+        action="invoice.created",
+        subject_type="invoice",
+        subject_id=invoice_id,
+        detail={"status": invoice.status, "routing": invoice.routing, "duplicate_of": invoice.duplicate_of},
+    )
     for event_type in _events_for(invoice):
         repo.add_event(session, type=event_type, subject_id=invoice.id, data=data, connectors=rt.connectors)
 
@@ -183,6 +190,14 @@ def store_analysis(session: Session, rt: Runtime, msg: tables.Message, analysis:
             count += 1
     problems = {"problems": analysis.problems} if analysis.problems else None
     repo.finish_claim(session, msg.id, token, status="processed", error=problems)
+    repo.audit(
+        session,
+        actor="pipeline",
+        action="message.processed",
+        subject_type="message",
+        subject_id=msg.id,
+        detail={"documents": len(analysis.documents), "invoices": count},
+    )
     return count
 
 
@@ -192,6 +207,14 @@ def _fail_message(rt: Runtime, msg_id: str, token: str, error: dict[str, str]) -
         if msg is None:
             return
         repo.finish_claim(session, msg_id, token, status="failed", error=error)
+        repo.audit(
+            session,
+            actor="pipeline",
+            action="message.failed",
+            subject_type="message",
+            subject_id=msg_id,
+            detail=error,
+        )
         view = {"message_id": msg.id, "filename": msg.filename, "subject": msg.subject, "error": error}
         repo.add_event(
             session, type="document.rejected", subject_id=msg.id, data=view, connectors=rt.connectors

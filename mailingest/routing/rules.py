@@ -98,9 +98,9 @@ def load_rules(path: Path) -> list[Rule]:
                     loc = ".".join(str(p) for p in err["loc"])
                     problems.append(f"{file}: rule {raw.get('name', index + 1)}: {loc}: {err['msg']}")
     names = [r.name for r in rules]
-    problems += [
-        f"rule name {n!r} is used more than once" for n in sorted({n for n in names if names.count(n) > 1})
-    ]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        where = ", ".join(str(r.origin) for r in rules if r.name == name)
+        problems.append(f"rule name {name!r} is used more than once ({where})")
     if problems:
         raise ConfigError("invalid routing rules:\n  " + "\n  ".join(problems))
     return sorted(rules, key=lambda r: r.priority)  # stable: file order breaks ties
