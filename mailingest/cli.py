@@ -98,7 +98,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             record, good = _extract_record(path)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - contract: one JSON line per file, never a traceback
             record, good = {"file": path, "invoices": [], "error": error_dict(exc)}, False
         ok &= good
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -6,10 +6,9 @@ the rule throughout is to take out every part that could carry an invoice and to
 cannot be taken out into a ``problems`` entry rather than an exception: one bad part must never
 cost its siblings. Only input with no message structure at all raises ``MimeError``.
 
-The standard library parser is the base, with ``policy.default`` for its RFC 2047/2231 decoding.
-That policy's header parser can raise on hostile headers, so a part it chokes on is read again
-under ``compat32``; mail-parser decodes what compat32 leaves encoded and recovers base64 that the
-standard library gives up on.
+The standard library parser is the base, with ``policy.default`` for its RFC 2047/2231 decoding;
+reading headers, and hardening that against hostile ones, is :mod:`mailingest.mime_headers`'s
+job. mail-parser recovers base64 that the standard library gives up on.
 
 Part paths are IMAP section numbers (RFC 3501, FETCH BODY[section]) so a source can refer back to
 them: "2" is the second part, "2.1" the first part of the mail forwarded in part 2, and archive
@@ -24,19 +23,29 @@ import html
 import mimetypes
 import quopri
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
-from email.parser import BytesHeaderParser, BytesParser
-from email.policy import Compat32, EmailPolicy
-from email.utils import formataddr, getaddresses, parsedate_to_datetime
-from typing import Any
 
-from mailparser.utils import decode_base64_payload, decode_header_part
+from mailparser.utils import decode_base64_payload
 
 from mailingest.documents import Document
 from mailingest.errors import DocumentTooLarge, HostileDocument, InputError, MalformedDocument, MimeError
 from mailingest.mime_archive import Refused, read_tnef, read_zip, safe_filename, safe_member_path
+from mailingest.mime_headers import (
+    STDLIB_ERRORS,
+    MessageMeta,
+    PartHeaders,
+    compat_view,
+    header_start,
+    message_meta,
+    parse_header_block,
+    parse_message,
+    read_part_headers,
+    transfer_encoding,
+)
 from mailingest.pipeline.detect import detect
+
+__all__ = ["MessageMeta", "Unpacked", "looks_like_message", "unpack_message", "wrap_file"]
 
 DEFAULT_MAX_DEPTH = 5
 DEFAULT_MAX_PARTS = 200
@@ -50,10 +59,6 @@ _MAX_NESTING = 64
 
 _BODY_TEXT_LIMIT = 1 << 20
 _DEFECTS_LIMIT = 100
-
-_STDLIB_ERRORS = (ValueError, TypeError, LookupError, AttributeError, email.errors.MessageError)
-"""What the stdlib email package raises on hostile headers instead of recording a defect
-(UnicodeError and HeaderParseError included); anything else is a bug of ours and should surface."""
 
 _INVOICE_TYPES = frozenset(
     {"application/pdf", "application/x-pdf", "application/xml", "text/xml", "application/zip"}
@@ -69,28 +74,8 @@ _KNOWN_CTES = _TEXT_CTES | {"base64", "quoted-printable", "x-uuencode", "uuencod
 _CONTAINER_SUFFIXES = (".docx", ".docm", ".xlsx", ".xlsm", ".pptx", ".odt", ".ods", ".odp", ".epub", ".jar")
 _EXTENSIONS = {"pdf": ".pdf", "xml": ".xml", "zip": ".zip", "message": ".eml", "tnef": ".dat", "msg": ".msg"}
 _BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?")
-_FIELD = re.compile(rb"([!-9;-~]{1,76})[ \t]*:")
-_MAIL_HEADERS = frozenset(
-    b"received from return-path mime-version message-id date subject to cc sender reply-to "
-    b"delivered-to envelope-to x-original-to content-type dkim-signature authentication-results "
-    b"in-reply-to references thread-topic x-mailer user-agent".split()
-)
 _UNSAFE_CODECS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape"})
-_HEADER_LIMIT = 8192
 _SNIFF_BYTES = 65536
-
-
-@dataclass(frozen=True)
-class MessageMeta:
-    """What the headers say: provenance for the canonical invoice's ``source`` and for routing."""
-
-    message_id: str | None = None
-    from_: str | None = None
-    to: list[str] = field(default_factory=list)
-    subject: str | None = None
-    date: str | None = None
-    defects: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -110,7 +95,7 @@ class Unpacked:
 
 def looks_like_message(data: bytes) -> bool:
     """Tell an .eml from a PDF, XML or binary file: does it open with a mail header block?"""
-    return _header_start(data) is not None
+    return header_start(data) is not None
 
 
 def unpack_message(
@@ -127,20 +112,20 @@ def unpack_message(
     Raises ``MimeError`` only when ``raw`` has no mail header block at all, or when neither
     policy of the stdlib parser can read it.
     """
-    start = _header_start(raw)
+    start = header_start(raw)
     if start is None:
         raise MimeError("empty input" if not raw.strip() else "no mail header block found")
     raw = raw[start:]
     unpacker = _Unpacker(max_depth, max_parts, max_total_bytes)
     try:
-        msg = _parse(raw)
+        msg = parse_message(raw)
     except RecursionError:
         # Thousands of nested multiparts: the stdlib parser recurses per level. Keep the headers.
-        msg = BytesHeaderParser(policy=_COMPAT32).parsebytes(raw)
+        msg = parse_header_block(raw)
         unpacker.problem("0", HostileDocument("MIME structure is nested too deeply to parse"))
-        return unpacker.result(_meta(msg, unpacker.defects))
+        return unpacker.result(message_meta(msg, unpacker.defects))
     unpacker.walk_message(msg, "", depth=0)
-    return unpacker.result(_meta(msg, unpacker.defects))
+    return unpacker.result(message_meta(msg, unpacker.defects))
 
 
 def wrap_file(data: bytes, filename: str, content_type: str | None = None) -> Unpacked:
@@ -160,12 +145,7 @@ def wrap_file(data: bytes, filename: str, content_type: str | None = None) -> Un
 class _Leaf:
     """A non-multipart part, decoded once so that the document rules need not touch the parser."""
 
-    content_type: str
-    filename: str | None
-    disposition: str | None
-    content_id: str | None
-    location: str | None
-    charset: str | None
+    headers: PartHeaders
     data: bytes
 
 
@@ -238,7 +218,7 @@ class _Unpacker:
         """Decide what one non-multipart part is: forwarded mail, document, body text or nothing."""
         try:
             ctype = part.get_content_type()
-        except _STDLIB_ERRORS:
+        except STDLIB_ERRORS:
             ctype = "application/octet-stream"
         if ctype in _NESTED_MESSAGE_TYPES:
             self.forwarded(part, path, depth + 1)
@@ -248,32 +228,33 @@ class _Unpacker:
         described = self.describe(part, path)
         if described is None:
             return
+        headers = described.headers
         if _is_document(described):
             # Content-Location (RFC 2557) names some parts that carry no filename at all.
-            name = safe_filename(described.filename or described.location or "")
-            self.take(described.data, name, described.content_type, described.charset, path, depth, 0)
-        elif depth == 0 and described.content_type in ("text/plain", "text/html"):
-            text = _to_text(described.data[:_BODY_TEXT_LIMIT], described.charset)
-            if described.content_type == "text/plain" and self.plain is None:
+            name = safe_filename(headers.filename or headers.location or "")
+            self.take(described.data, name, headers.content_type, headers.charset, path, depth, 0)
+        elif depth == 0 and headers.content_type in ("text/plain", "text/html"):
+            text = _to_text(described.data[:_BODY_TEXT_LIMIT], headers.charset)
+            if headers.content_type == "text/plain" and self.plain is None:
                 self.plain = text
-            elif described.content_type == "text/html" and self.html is None:
+            elif headers.content_type == "text/html" and self.html is None:
                 self.html = text
 
     def describe(self, part: Message, path: str) -> _Leaf | None:
         """Read a part under policy.default, again under compat32 if that raises, else a problem."""
         try:
             described = _describe(part)
-        except _STDLIB_ERRORS:
+        except STDLIB_ERRORS:
             try:
-                part = _compat_view(part)
+                part = compat_view(part)
                 described = _describe(part)
-            except _STDLIB_ERRORS as exc:
+            except STDLIB_ERRORS as exc:
                 detail = f"part {path} is unreadable: {type(exc).__name__}: {exc}"
                 self.problem(path, MalformedDocument(detail))
                 return None
         self.note_defects(part, path)
-        if _transfer_encoding(part) == "base64" and _base64_is_damaged(part, described.data):
-            name = described.filename or f"part {path}"
+        if described.headers.transfer_encoding == "base64" and _base64_is_damaged(part, described.data):
+            name = described.headers.filename or f"part {path}"
             self.problem(path, MalformedDocument(f"{name}: base64 body is damaged beyond repair"))
             return None
         return described
@@ -282,7 +263,7 @@ class _Unpacker:
         """Descend into an attached message (message/rfc822), however its sender encoded it."""
         payload = part.get_payload()
         inner = payload[0] if isinstance(payload, list) and payload else None
-        cte = _transfer_encoding(part)
+        cte = transfer_encoding(part)
         if isinstance(inner, Message) and (inner.keys() or cte in _TEXT_CTES):
             self.walk_message(inner, path, depth)
             return
@@ -290,19 +271,19 @@ class _Unpacker:
         # the base64 text as a headerless message, so decode that text and parse it again.
         try:
             data = _decode_transfer(_encoded_body(inner if isinstance(inner, Message) else part), cte)
-        except _STDLIB_ERRORS as exc:
+        except STDLIB_ERRORS as exc:
             self.problem(path, MalformedDocument(f"forwarded mail in part {path} is unreadable: {exc}"))
             return
         self.nested_bytes(data, path, depth)
 
     def nested_bytes(self, data: bytes, path: str, depth: int) -> None:
         """Parse and walk a message that arrived as bytes (an .eml attachment or archive member)."""
-        start = _header_start(data)
+        start = header_start(data)
         if start is None:
             self.problem(path, MalformedDocument(f"part {path} claims to be a mail but has no headers"))
             return
         try:
-            msg = _parse(data[start:])
+            msg = parse_message(data[start:])
         except RecursionError:
             self.problem(path, HostileDocument(f"mail in part {path} is nested too deeply to parse"))
             return
@@ -374,69 +355,12 @@ class _Unpacker:
             self.take(member.data, member_name, ctype, None, member_path, depth, archive_depth + 1)
 
 
-class _DefaultPolicy(EmailPolicy):
-    """policy.default, but header values are cut to 8 KiB before they are parsed.
-
-    policy.default parses long structured headers in quadratic time (a 400 kB Content-Type took
-    35 s, and the parser reads Content-Type on every part) and real headers stay far below 8 KiB.
-    """
-
-    def header_fetch_parse(self, name: str, value: str) -> Any:
-        return super().header_fetch_parse(name, _cut(value))
-
-
-class _Compat32Policy(Compat32):
-    """compat32 with the same cut: its RFC 2231 decoding runs the declared codec over the value."""
-
-    def header_fetch_parse(self, name: str, value: str) -> Any:
-        return super().header_fetch_parse(name, _cut(value))
-
-
-def _cut(value: str) -> str:
-    return value[:_HEADER_LIMIT] if len(value) > _HEADER_LIMIT else value  # header objects stay intact
-
-
-_DEFAULT = _DefaultPolicy()
-_COMPAT32 = _Compat32Policy()
-
-
-def _parse(raw: bytes) -> Message:
-    """policy.default first; compat32 when the default policy's header parser raises mid-parse."""
-    try:
-        return BytesParser(policy=_DEFAULT).parsebytes(raw)
-    except _STDLIB_ERRORS:
-        try:
-            return BytesParser(policy=_COMPAT32).parsebytes(raw)
-        except _STDLIB_ERRORS as exc:
-            raise MimeError(f"message cannot be parsed: {type(exc).__name__}: {exc}") from exc
-
-
-def _compat_view(part: Message) -> Message:
-    """The same part re-read under compat32, whose header handling is plain string slicing."""
-    return BytesParser(policy=_COMPAT32).parsebytes(part.as_bytes(policy=_COMPAT32))
-
-
 def _describe(part: Message) -> _Leaf:
-    filename = part.get_filename()
-    if filename and _ENCODED_WORD.search(filename):
-        # compat32 leaves RFC 2047 words in parameters encoded, and so do both policies when a
-        # client splits one word across RFC 2231 continuations.
-        filename = _decode_words(filename)
-    content_id = part.get("content-id")
-    location = part.get("content-location")
-    return _Leaf(
-        content_type=part.get_content_type(),
-        filename=filename,
-        disposition=part.get_content_disposition(),
-        content_id=(str(content_id).strip() or None) if content_id is not None else None,
-        location=re.split(r"[?#]", str(location))[0] if location is not None else None,
-        charset=part.get_content_charset(),
-        data=_decoded_payload(part),
-    )
+    headers = read_part_headers(part)
+    return _Leaf(headers=headers, data=_decoded_payload(part, headers.transfer_encoding))
 
 
-def _decoded_payload(part: Message) -> bytes:
-    cte = _transfer_encoding(part)
+def _decoded_payload(part: Message, cte: str) -> bytes:
     declared = part.get("content-transfer-encoding")
     if declared is not None and cte in _KNOWN_CTES and str(declared).lower() != cte:
         # "base64;" or " Base64 ": the stdlib compares the header verbatim and would hand back the
@@ -447,14 +371,6 @@ def _decoded_payload(part: Message) -> bytes:
         # Here the stdlib returns the undecoded text (bpo-27397); decode like a mail client would.
         data = _decode_transfer(_encoded_body(part), cte)
     return data if isinstance(data, bytes) else b""
-
-
-def _transfer_encoding(part: Message) -> str:
-    value = part.get("content-transfer-encoding")
-    if value is None:
-        return "7bit"
-    match = re.match(r"[a-z0-9-]+", str(value).strip(" \t\"'").lower())
-    return match.group(0) if match else "7bit"
 
 
 def _encoded_body(part: Message) -> bytes:
@@ -496,7 +412,7 @@ def _decode_transfer(encoded: bytes, cte: str) -> bytes:
 def _is_container(part: Message) -> bool:
     try:
         return part.is_multipart() and part.get_content_maintype() == "multipart"
-    except _STDLIB_ERRORS:
+    except STDLIB_ERRORS:
         return False
 
 
@@ -509,14 +425,15 @@ def _is_document(leaf: _Leaf) -> bool:
 
     Images referenced only by Content-ID are logos and signatures in an HTML body, not invoices.
     """
-    if leaf.filename or leaf.disposition == "attachment":
+    headers = leaf.headers
+    if headers.filename or headers.disposition == "attachment":
         return True
-    if leaf.content_type.startswith("image/"):
-        return not leaf.content_id
-    if leaf.content_type in _INVOICE_TYPES:
+    if headers.content_type.startswith("image/"):
+        return not headers.content_id
+    if headers.content_type in _INVOICE_TYPES:
         return True
-    if leaf.content_type.startswith("application/"):
-        head = Document(data=leaf.data[:_SNIFF_BYTES], content_type=leaf.content_type)
+    if headers.content_type.startswith("application/"):
+        head = Document(data=leaf.data[:_SNIFF_BYTES], content_type=headers.content_type)
         return detect(head) in _SNIFFED_KINDS
     return False
 
@@ -543,7 +460,7 @@ def _to_text(data: bytes, charset: str | None) -> str:
     try:
         codec = codecs.lookup(charset or "utf-8").name
         return data.decode("utf-8" if codec in _UNSAFE_CODECS else codec, "replace")
-    except _STDLIB_ERRORS:
+    except STDLIB_ERRORS:
         return data.decode("utf-8", "replace")
 
 
@@ -567,95 +484,3 @@ def _html_to_text(html_text: str) -> str:
     text = html.unescape(_HTML_TAG.sub(" ", _HTML_BREAK.sub("\n", "".join(kept))))
     lines = (" ".join(line.split()) for line in text.splitlines())
     return "\n".join(line for line in lines if line)
-
-
-def _header_start(data: bytes) -> int | None:
-    """Offset of the header block (after a BOM or blank lines), or None when there is none.
-
-    The first line must be a header field (or an mbox "From " line) and a well-known mail header
-    must follow before the blank line: PDFs, XML and binary junk fail on the first line.
-    """
-    head = data[:_SNIFF_BYTES]
-    start = 3 if head.startswith(b"\xef\xbb\xbf") else 0
-    start += len(head[start:]) - len(head[start:].lstrip(b" \t\r\n"))
-    lines = head[start:].splitlines()
-    if lines and lines[0].startswith(b"From "):
-        lines = lines[1:]
-    if not lines or not _FIELD.match(lines[0]):
-        return None
-    for line in lines:
-        if not line.strip():
-            break
-        match = _FIELD.match(line)
-        if match and match.group(1).lower() in _MAIL_HEADERS:
-            return start
-    return None
-
-
-def _meta(msg: Message, defects: list[str]) -> MessageMeta:
-    date = _date(msg)
-    if date is None and _raw_header(msg, "date") is not None:
-        defects.append("message: unparseable Date header")
-    return MessageMeta(
-        message_id=_header(msg, "message-id"),
-        from_=_header(msg, "from"),
-        to=_addresses(msg, "to"),
-        subject=_header(msg, "subject"),
-        date=date,
-        defects=defects,
-    )
-
-
-def _header(msg: Message, name: str) -> str | None:
-    try:
-        value = msg.get(name)
-        text = None if value is None else str(value)
-    except _STDLIB_ERRORS:
-        text = _raw_header(msg, name)
-    if text is not None and _ENCODED_WORD.search(text):
-        text = _decode_words(text)  # left encoded by compat32, or malformed for policy.default
-    return text
-
-
-def _decode_words(text: str) -> str:
-    """RFC 2047 words decoded leniently by mail-parser; the text as it is when even that fails."""
-    text = text[:_HEADER_LIMIT]
-    try:
-        return str(decode_header_part(text))
-    except _STDLIB_ERRORS:  # e.g. a charset name holding a NUL
-        return text
-
-
-def _raw_header(msg: Message, name: str) -> str | None:
-    for key, value in msg.raw_items():
-        if key.lower() == name:
-            return _decode_words("".join(str(value).splitlines()))
-    return None
-
-
-def _addresses(msg: Message, name: str) -> list[str]:
-    try:
-        header = msg.get(name)
-        if header is None:
-            return []
-        found = getattr(header, "addresses", None)
-        if found is not None:
-            return [str(address) for address in found]
-        text = str(header)
-    except _STDLIB_ERRORS:
-        text = _raw_header(msg, name) or ""
-    return [formataddr(pair) for pair in getaddresses([_decode_words(text)]) if pair[1]]
-
-
-def _date(msg: Message) -> str | None:
-    try:
-        found = getattr(msg.get("date"), "datetime", None)
-    except _STDLIB_ERRORS:
-        found = None
-    raw = _raw_header(msg, "date") if found is None else None
-    if raw:
-        try:
-            found = parsedate_to_datetime(raw)  # compat32 has no parsed date
-        except _STDLIB_ERRORS:
-            found = None
-    return found.isoformat() if found is not None else None

@@ -11,6 +11,7 @@ import random
 import tracemalloc
 import zipfile
 from email import message_from_bytes, policy
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -481,6 +482,22 @@ def test_oversized_headers_are_cut_not_parsed_for_minutes() -> None:
     assert unpacked.meta.subject is not None and len(unpacked.meta.subject) <= 8192
 
 
+def test_each_header_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """policy.default parses a header afresh on every read, and the stdlib parser and the document
+    rules read each part's Content-Type a dozen times: that was most of the time spent per mail."""
+    raw = _mail((PAYLOAD, "application", "xml", "a.xml"))
+    parsed: list[tuple[str, str]] = []
+    parse = HeaderRegistry.__call__
+
+    def counting(self: HeaderRegistry, name: str, value: str) -> BaseHeader:
+        parsed.append((name, value))
+        return parse(self, name, value)
+
+    monkeypatch.setattr(HeaderRegistry, "__call__", counting)
+    assert [d.data for d in unpack_message(raw).documents] == [PAYLOAD]
+    assert parsed and len(parsed) == len(set(parsed))
+
+
 def test_part_that_crashes_policy_default_is_read_under_compat32() -> None:
     """policy.default raises IndexError on "attachment;0*" (found by fuzzing, CPython 3.11)."""
     raw = (
@@ -508,3 +525,12 @@ def test_inline_logo_without_name_is_not_a_document_but_a_named_image_is() -> No
     html_part.add_related(b"\x89PNG\r\n\x1a\nlogo", maintype="image", subtype="png", cid="<logo>")
     msg.add_attachment(b"\xff\xd8\xffscan", maintype="image", subtype="jpeg", filename="receipt.jpg")
     assert [d.filename for d in unpack_message(msg.as_bytes()).documents] == ["receipt.jpg"]
+
+
+def test_non_ascii_address_under_compat32_does_not_escape_as_unicode_error() -> None:
+    raw = (
+        b"From: a@b.example\nSubject: x\nTo: =?utf-8?q?j=C3=B6rg@example.de?=\nMIME-Version: 1.0\n"
+        b"Content-Type: multipart/mixed; boundary=XX\n\n--XX\nContent-Type: attachment;0*\n\nx\n--XX--\n"
+    )
+    unpacked = unpack_message(raw)
+    assert unpacked.meta.to == ["jörg@example.de"]

@@ -14,7 +14,15 @@ import structlog
 
 from mailingest import mime
 from mailingest.documents import Document
-from mailingest.errors import DocumentTooLarge, InputError, MalformedDocument, UnsupportedDocument, error_dict
+from mailingest.errors import (
+    DocumentTooLarge,
+    InputError,
+    MailingestError,
+    MalformedDocument,
+    MimeError,
+    UnsupportedDocument,
+    error_dict,
+)
 from mailingest.models import Invoice, Source, SourceFile
 from mailingest.pipeline.detect import detect
 from mailingest.pipeline.extractors import extract_document
@@ -52,9 +60,15 @@ class Analysis:
 def load_input(data: bytes, filename: str | None) -> mime.Unpacked:
     """A mail (.eml or anything that looks like one) is unpacked; any other file is one document."""
     name = (filename or "").lower()
-    if name.endswith(".eml") or (not name.endswith((".pdf", ".xml")) and mime.looks_like_message(data)):
-        return mime.unpack_message(data)
-    return mime.wrap_file(data, filename or "document")
+    try:
+        if name.endswith(".eml") or (not name.endswith((".pdf", ".xml")) and mime.looks_like_message(data)):
+            return mime.unpack_message(data)
+        return mime.wrap_file(data, filename or "document")
+    except MailingestError:
+        raise
+    except Exception as exc:
+        log.exception("unpacking crashed", filename=filename)
+        raise MimeError(f"the message could not be unpacked ({type(exc).__name__}: {exc})") from exc
 
 
 def _source_for(doc: Document, context: dict[str, Any], meta: mime.MessageMeta | None) -> Source:

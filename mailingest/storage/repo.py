@@ -28,7 +28,7 @@ def _header(raw: bytes, name: str) -> str | None:
     try:
         headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:65536])
         value = headers.get(name)
-    except Exception:
+    except Exception:  # noqa: BLE001 - malformed headers leave the ledger column empty
         return None
     if value is None:
         return None

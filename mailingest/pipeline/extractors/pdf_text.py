@@ -254,7 +254,7 @@ def read_text_layer(
         raise EncryptedDocument(f"{label}: PDF is encrypted and needs a password") from exc
     except _BudgetExceeded as exc:
         raise DocumentTooLarge(f"{label}: the first page {exc} (text extraction budget)") from exc
-    except Exception as exc:  # untrusted bytes: pdfminer raises anything from KeyError to RecursionError
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: pdfminer raises anything from KeyError to RecursionError
         layer = _fallback(data, label, max_pages, budget, exc)
     if not layer.has_text:
         if layer.encrypted:
