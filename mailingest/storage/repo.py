@@ -23,17 +23,17 @@ from mailingest.models import new_id
 from mailingest.storage.tables import AuditLog, Delivery, DeliveryAttempt, Event, Message, utcnow
 
 
-def _header(raw: bytes, name: str) -> str | None:
-    """Best-effort header read for the ledger; unpacking proper happens later in mime.py."""
+def _ledger_headers(raw: bytes) -> dict[str, str | None]:
+    """Best-effort Message-ID, From and Subject for the ledger; unpacking proper is mime.py's job."""
+    out: dict[str, str | None] = {"Message-ID": None, "From": None, "Subject": None}
     try:
         headers = BytesHeaderParser(policy=compat32).parsebytes(raw[:65536])
-        value = headers.get(name)
-    except Exception:  # noqa: BLE001 - malformed headers leave the ledger column empty
-        return None
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text[:900] or None
+        for name in out:
+            value = headers.get(name)
+            out[name] = (str(value).strip()[:900] or None) if value is not None else None
+    except Exception:  # noqa: BLE001 - malformed headers leave the ledger columns empty
+        pass
+    return out
 
 
 def find_message(
@@ -68,7 +68,7 @@ def record_message(
     if existing is not None:
         return existing
     sha256 = hashlib.sha256(raw).hexdigest()
-    is_mail = filename is None
+    headers = _ledger_headers(raw) if filename is None else {}
     msg = Message(
         id=new_id("msg"),
         source=source,
@@ -79,9 +79,9 @@ def record_message(
         size=len(raw),
         filename=filename,
         envelope_from=envelope_from,
-        message_id=_header(raw, "Message-ID") if is_mail else None,
-        from_addr=_header(raw, "From") if is_mail else None,
-        subject=_header(raw, "Subject") if is_mail else None,
+        message_id=headers.get("Message-ID"),
+        from_addr=headers.get("From"),
+        subject=headers.get("Subject"),
     )
     original = session.exec(
         select(Message.id).where(Message.sha256 == sha256, Message.status != "duplicate").limit(1)
