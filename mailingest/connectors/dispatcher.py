@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,6 +47,23 @@ def next_delay(schedule: Sequence[float], failures: int, retry_after: float | No
     return delay
 
 
+@dataclass
+class _Result:
+    """One attempt's outcome, carried from the delivery thread to the bookkeeping transaction."""
+
+    delivery_id: str
+    connector: str
+    event_id: str
+    started_at: datetime
+    outcome: str = "retry"  # delivered | retry | dead | skipped
+    status_code: int | None = None
+    excerpt: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    permanent: bool = False
+    duration_ms: float = 0.0
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -74,75 +92,89 @@ class Dispatcher:
                     self.connectors.pop(state.name)
 
     def run_once(self) -> int:
-        """Attempt every due delivery once; returns how many were attempted."""
+        """Attempt every due delivery once; returns how many were attempted.
+
+        Attempts run in parallel; their outcomes are then recorded in one transaction (a crash
+        in between re-sends that batch with the same webhook-ids, which receivers de-duplicate).
+        """
         with session_scope(self.engine) as session:
             due = repo.due_deliveries(session, connectors=list(self.connectors), limit=self._batch)
             work = [(d.id, d.connector, e.id, e.payload) for d, e in due]
-        futures = [self._pool.submit(self._attempt, *item) for item in work]
-        for future in futures:
-            future.result()
+        if not work:
+            return 0
+        results = list(self._pool.map(lambda item: self._attempt(*item), work))
+        with session_scope(self.engine) as session:
+            for result in results:
+                self._record(session, result)
+        for r in results:
+            log.info(
+                "delivery",
+                connector=r.connector,
+                event_id=r.event_id,
+                outcome=r.outcome,
+                status=r.status_code,
+                ms=r.duration_ms,
+                error=r.error,
+            )
         return len(work)
 
-    def _attempt(self, delivery_id: str, connector_name: str, event_id: str, payload: dict[str, Any]) -> None:
+    def _attempt(
+        self, delivery_id: str, connector_name: str, event_id: str, payload: dict[str, Any]
+    ) -> _Result:
+        result = _Result(
+            delivery_id=delivery_id, connector=connector_name, event_id=event_id, started_at=utcnow()
+        )
         connector = self.connectors.get(connector_name)
         if connector is None:
-            return
-        started_at: datetime = utcnow()
+            result.outcome, result.error = "skipped", "connector disabled"
+            return result
         t0 = time.perf_counter()
-        status_code: int | None = None
-        excerpt: str | None = None
-        error: str | None = None
-        retry_after: float | None = None
-        permanent = False
         try:
-            result = connector.deliver(event_id, payload)
-            status_code, excerpt, outcome = result.status_code, result.response_excerpt, "delivered"
+            done = connector.deliver(event_id, payload)
+            result.status_code, result.excerpt, result.outcome = (
+                done.status_code,
+                done.response_excerpt,
+                "delivered",
+            )
         except DeliveryError as exc:
-            status_code = exc.context.get("status_code")
-            excerpt = exc.context.get("response")
-            retry_after = exc.context.get("retry_after")
-            error = exc.detail
-            permanent = isinstance(exc, PermanentDeliveryError)
-            outcome = "dead" if permanent else "retry"
+            result.status_code = exc.context.get("status_code")
+            result.excerpt = exc.context.get("response")
+            result.retry_after = exc.context.get("retry_after")
+            result.error = exc.detail
+            result.permanent = isinstance(exc, PermanentDeliveryError)
+            result.outcome = "dead" if result.permanent else "retry"
         except MailingestError as exc:
-            error, outcome = exc.detail, "retry"
+            result.error, result.outcome = exc.detail, "retry"
         except Exception as exc:
             log.exception("connector crashed", connector=connector_name, event_id=event_id)
-            error, outcome = f"internal error: {type(exc).__name__}: {exc}", "retry"
-        duration_ms = round((time.perf_counter() - t0) * 1000, 2)
-        with session_scope(self.engine) as session:
-            delivery = session.get(tables.Delivery, delivery_id)
-            if delivery is None or delivery.status != "pending":
-                return
-            next_at = None
-            if outcome == "retry":
-                delay = next_delay(self.schedule, delivery.attempts + 1, retry_after)
-                if delay is None:
-                    outcome = "dead"
-                else:
-                    next_at = utcnow() + timedelta(seconds=delay)
-            repo.record_attempt(
-                session,
-                delivery,
-                outcome=outcome,
-                started_at=started_at,
-                duration_ms=duration_ms,
-                status_code=status_code,
-                error=error,
-                response_excerpt=excerpt,
-                next_attempt_at=next_at,
-            )
-            if permanent:
-                self._disable(session, connector_name, error or "permanent failure")
-        log.info(
-            "delivery",
-            connector=connector_name,
-            event_id=event_id,
-            outcome=outcome,
-            status=status_code,
-            ms=duration_ms,
-            error=error,
+            result.error, result.outcome = f"internal error: {type(exc).__name__}: {exc}", "retry"
+        result.duration_ms = round((time.perf_counter() - t0) * 1000, 2)
+        return result
+
+    def _record(self, session: Session, r: _Result) -> None:
+        delivery = session.get(tables.Delivery, r.delivery_id)
+        if r.outcome == "skipped" or delivery is None or delivery.status != "pending":
+            return
+        next_at = None
+        if r.outcome == "retry":
+            delay = next_delay(self.schedule, delivery.attempts + 1, r.retry_after)
+            if delay is None:
+                r.outcome = "dead"
+            else:
+                next_at = utcnow() + timedelta(seconds=delay)
+        repo.record_attempt(
+            session,
+            delivery,
+            outcome=r.outcome,
+            started_at=r.started_at,
+            duration_ms=r.duration_ms,
+            status_code=r.status_code,
+            error=r.error,
+            response_excerpt=r.excerpt,
+            next_attempt_at=next_at,
         )
+        if r.permanent and r.connector in self.connectors:
+            self._disable(session, r.connector, r.error or "permanent failure")
 
     def _disable(self, session: Session, name: str, reason: str) -> None:
         state = session.get(tables.ConnectorState, name) or tables.ConnectorState(name=name)

@@ -166,7 +166,7 @@ def store_analysis(session: Session, rt: Runtime, msg: tables.Message, analysis:
     """Write everything learnt from one message; returns the number of invoices stored."""
     count = 0
     for outcome in analysis.documents:
-        rt.blobs.put(session, outcome.doc.data)
+        rt.blobs.put(session, outcome.doc.data, durable=False)
         doc_row = _document_row(msg, outcome)
         session.add(doc_row)
         session.flush()

@@ -26,7 +26,9 @@ class BlobStore:
     def _path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
-    def put(self, session: Session, data: bytes) -> str:
+    def put(self, session: Session, data: bytes, *, durable: bool = True) -> str:
+        """Store ``data``; ``durable=False`` skips the fsync for bytes that can be derived again
+        (documents are re-extractable from their message, whose raw bytes are stored durably)."""
         sha256 = hashlib.sha256(data).hexdigest()
         if self.in_database:
             if session.get(Blob, sha256) is None:
@@ -40,8 +42,9 @@ class BlobStore:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError as exc:
             raise StorageError(f"cannot write blob {sha256[:12]}: {exc.strerror}") from exc
