@@ -108,6 +108,13 @@ def main() -> int:
     parser.add_argument("--mails", type=int, default=1000)
     parser.add_argument("--senders", type=int, default=4, help="parallel SMTP client connections")
     parser.add_argument("--postgres", metavar="URL", help="use this PostgreSQL database instead of SQLite")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offered load in mails/s (paced); 0 = as fast as SMTP accepts (a burst)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="[pipeline] workers for the daemon")
     args = parser.parse_args()
 
     received: dict[str, float] = {}
@@ -144,6 +151,8 @@ listen = "127.0.0.1:{api}"
 listen = "127.0.0.1:{smtp_port}"
 [sources.drop]
 enabled = false
+[pipeline]
+workers = {args.workers}
 {storage}
 [[connectors.webhook]]
 name = "bench"
@@ -174,10 +183,16 @@ allow_private_network = true
     accepted: dict[str, float] = {}
     errors: list[str] = []
 
+    interval = args.senders / args.rate if args.rate else 0.0
+
     def sender(chunk: list[tuple[str, bytes]]) -> None:
         try:
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=60) as smtp:
+                next_at = time.monotonic()
                 for msg_id, raw in chunk:
+                    if interval:
+                        time.sleep(max(0.0, next_at - time.monotonic()))
+                        next_at += interval
                     smtp.sendmail("billing@bench.example", ["ap@buyer.example"], raw)
                     accepted[msg_id] = time.monotonic()
         except (OSError, smtplib.SMTPException) as exc:
@@ -213,6 +228,8 @@ allow_private_network = true
     result = {
         "mails": args.mails,
         "senders": args.senders,
+        "offered_rate_per_s": args.rate or "burst",
+        "workers": args.workers,
         "database": "postgresql" if args.postgres else "sqlite",
         "webhooks_received": len(received),
         "smtp_accept_rate_per_s": round(args.mails / (t_sent - t0), 1),
@@ -225,7 +242,10 @@ allow_private_network = true
     print(json.dumps(result, indent=2))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / f"smtp_throughput-{result['database']}.json").write_text(json.dumps(result, indent=2))
+    load = f"{args.rate:g}ps" if args.rate else "burst"
+    (out / f"smtp_throughput-{result['database']}-w{args.workers}-{load}.json").write_text(
+        json.dumps(result, indent=2)
+    )
     return 0 if len(received) == args.mails else 1
 
 

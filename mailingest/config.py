@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -116,12 +117,90 @@ class DropSourceConfig(_Section):
     settle_time: Duration = 0.5  # a file must be this old (unchanged) before it is taken
 
 
+_IMAP_KEYWORD = r"^[A-Za-z0-9$_.\-]+$"  # an IMAP keyword atom such as $Processed (no system flags)
+
+
+class ImapAfterProcessing(_Section):
+    """What happens at the server to a message once its results are committed."""
+
+    action: Literal["seen", "flag", "move", "delete", "none"] = "seen"
+    folder: str = Field(default="Processed", min_length=1)  # for "move"; created when missing
+    flag: str = Field(default="$Processed", pattern=_IMAP_KEYWORD)  # for "flag"
+
+
+class ImapOnFailure(_Section):
+    """What happens to a message that failed (or was too large to fetch)."""
+
+    action: Literal["move", "flag", "none"] = "flag"
+    folder: str = Field(default="Failed", min_length=1)
+    flag: str = Field(default="$MailingestFailed", pattern=_IMAP_KEYWORD)
+
+
+class ImapSourceConfig(_Section):
+    """One IMAP account (``[[sources.imap]]``); every folder gets its own connection."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=60)
+    enabled: bool = True
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, gt=0, lt=65536)  # default: 993 for tls, else 143
+    security: Literal["tls", "starttls", "none"] = "tls"
+    verify_certificate: bool = True
+    username: str = Field(min_length=1)
+    password: SecretRef
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
+    idle: bool = True
+    poll_interval: Duration = Field(default=60.0, gt=0)
+    idle_timeout: Duration = Field(default=1500.0, gt=0, le=1740)  # RFC 2177: servers drop IDLE at 30 min
+    batch_size: int = Field(default=50, gt=0, le=1000)
+    max_message_bytes: int = Field(default=26_214_400, gt=0)
+    only_unseen: bool = False
+    since: date | None = None
+    after_processing: ImapAfterProcessing = Field(default_factory=ImapAfterProcessing)
+    on_failure: ImapOnFailure = Field(default_factory=ImapOnFailure)
+    connect_timeout: Duration = Field(default=30.0, gt=0)
+    read_timeout: Duration = Field(default=120.0, gt=0)
+    reconnect_max: Duration = Field(default=300.0, gt=0)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.security == "tls" else 143)
+
+    @model_validator(mode="after")
+    def _folders_are_consistent(self) -> ImapSourceConfig:
+        """Each folder is watched once, fits the ledger's mailbox column, and is never a move
+        target (a message moved into a watched folder would be fetched again, forever)."""
+        if len(set(self.folders)) != len(self.folders):
+            raise ValueError("folders must not repeat")
+        too_long = [f for f in self.folders if len(self.name) + 1 + len(f) > 200]
+        if too_long:  # "<name>/<folder>" is stored as the ledger's mailbox (200 characters)
+            raise ValueError(f"account name and folder together exceed 200 characters: {too_long[0]}")
+        targets = []
+        if self.after_processing.action == "move":
+            targets.append(self.after_processing.folder)
+        if self.on_failure.action == "move":
+            targets.append(self.on_failure.folder)
+        clash = sorted(set(targets) & set(self.folders))
+        if clash:
+            raise ValueError(f"cannot move messages into a watched folder: {', '.join(clash)}")
+        return self
+
+
 class SourcesConfig(_Section):
     smtp: SmtpSourceConfig = Field(default_factory=SmtpSourceConfig)
     drop: DropSourceConfig = Field(default_factory=DropSourceConfig)
+    imap: list[ImapSourceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_imap_names(self) -> SourcesConfig:
+        names = [a.name for a in self.imap]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"IMAP account names must be unique: {', '.join(dupes)}")
+        return self
 
 
 class PipelineConfig(_Section):
+    workers: int = Field(default=1, ge=1, le=64)  # >1 adds worker processes (other CPU cores)
     max_document_bytes: int = Field(default=50 * 2**20, gt=0)
     poll_interval: Duration = 2.0  # safety-net scan for unprocessed messages; new ones wake it at once
     lease: Duration = 300.0  # a claimed message is retried by another worker after this

@@ -1,9 +1,11 @@
 """``mailingest serve``: wire sources, pipeline worker, outbox dispatcher and API in one process.
 
-Threads: the SMTP receiver (aiosmtpd's own loop), the drop-directory poller, one pipeline
-worker, the dispatcher (with a small delivery pool); the API runs on the main thread's asyncio
-loop under uvicorn. SIGTERM/SIGINT stop intake first, let the worker finish the message in hand
-(an unfinished one is simply processed again at the next start), then stop delivery.
+Threads: the SMTP receiver (aiosmtpd's own loop), the drop-directory poller, one per IMAP
+(account, folder), one pipeline worker (plus ``[pipeline] workers - 1`` worker processes), the
+dispatcher (with a small delivery pool); the API runs on the main thread's asyncio loop under
+uvicorn. SIGTERM/SIGINT stop intake first, let the
+worker finish the message in hand (an unfinished one is simply processed again at the next
+start), then stop delivery.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import contextlib
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,13 +27,13 @@ from mailingest.connectors.dispatcher import Dispatcher
 from mailingest.connectors.webhook import WebhookConnector
 from mailingest.errors import MailingestError
 from mailingest.ledger import Ledger
-from mailingest.pipeline.runner import Router, Runtime, process_next
-from mailingest.routing.rules import apply, load_rules
 from mailingest.sources.base import Source
 from mailingest.sources.drop import DropSource
+from mailingest.sources.imap import ImapSource
 from mailingest.sources.smtp import SmtpSource
 from mailingest.storage import db, repo
 from mailingest.storage.blobs import BlobStore
+from mailingest.workers import SPAWN, Worker, WorkerPool, build_runtime
 
 log = structlog.get_logger("mailingest.daemon")
 
@@ -50,54 +51,13 @@ def build_connectors(config: Config) -> dict[str, Connector]:
     return {w.name: WebhookConnector(w) for w in config.connectors.webhook if w.enabled}
 
 
-def build_router(config: Config) -> Router:
-    """Load the rules once at start-up (a broken rule file stops the start with a clear error)."""
-    rules = load_rules(config.rules.path)
-    first = config.rules.match == "first"
-    log.info("routing rules loaded", path=str(config.rules.path), rules=[r.name for r in rules])
-    return lambda invoice, context: apply(rules, invoice, first_match=first, context=context)
-
-
-class Worker:
-    """Runs the pipeline until stopped; woken at once by new mail, polls as a safety net."""
-
-    def __init__(
-        self, runtime: Runtime, wake: threading.Event, on_done: threading.Event, poll_interval: float
-    ) -> None:
-        self.runtime = runtime
-        self.wake = wake
-        self.on_done = on_done
-        self.poll_interval = poll_interval
-        self.stopping = threading.Event()
-        self.heartbeat = time.monotonic()
-        self.thread = threading.Thread(target=self._loop, name="pipeline", daemon=True)
-
-    def _loop(self) -> None:
-        while not self.stopping.is_set():
-            self.heartbeat = time.monotonic()
-            try:
-                did_work = process_next(self.runtime)
-            except MailingestError as exc:
-                log.error("pipeline step failed; retrying later", error=exc.detail)
-                did_work = False
-            except Exception:
-                log.exception("pipeline step crashed; retrying later")
-                did_work = False
-            if did_work:
-                self.on_done.set()
-            else:
-                self.wake.wait(self.poll_interval)
-                self.wake.clear()
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
-
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.engine = db.make_engine(config.storage_url, echo=config.storage.echo)
-        self.wake = threading.Event()
+        # multiprocessing events, so extra worker processes are woken by new mail too
+        self.wake = SPAWN.Event()
+        self.work_done = SPAWN.Event()
         self.blobs = BlobStore(config.data_dir / "blobs", in_database=config.storage.documents == "database")
         self.ledger = Ledger(self.engine, self.blobs, self.wake)
         self.sources: list[Source] = []
@@ -119,16 +79,12 @@ class Daemon:
             schedule=outbox.retry_schedule,
             concurrency=outbox.concurrency,
             poll_interval=outbox.poll_interval,
+            wake=self.work_done,
         )
-        runtime = Runtime(
-            engine=self.engine,
-            blobs=self.blobs,
-            connectors=[(c.name, c.events) for c in connectors.values()],
-            max_document_bytes=self.config.pipeline.max_document_bytes,
-            lease=self.config.pipeline.lease,
-            router=build_router(self.config),
-        )
-        self.worker = Worker(runtime, self.wake, self.dispatcher.wake, self.config.pipeline.poll_interval)
+        runtime = build_runtime(self.config, self.engine, self.blobs, "worker-1")
+        self.worker = Worker(runtime, self.wake, self.work_done, self.config.pipeline.poll_interval)
+        self.worker_thread = threading.Thread(target=self.worker.run, name="pipeline", daemon=True)
+        self.pool = WorkerPool(self.config, self.config.pipeline.workers - 1, self.wake, self.work_done)
         self.dispatch_thread = threading.Thread(
             target=self.dispatcher.run_forever, name="dispatcher", daemon=True
         )
@@ -140,6 +96,7 @@ class Daemon:
         if src.smtp.enabled:
             smtp = SmtpSource(src.smtp)
             self.sources.append(smtp)
+        self.sources.extend(ImapSource(account, self.ledger) for account in src.imap if account.enabled)
         for source in self.sources:
             source.start(self.ledger.accept)
             if isinstance(source, SmtpSource):
@@ -147,13 +104,14 @@ class Daemon:
 
     def health(self) -> dict[str, Any]:
         return {
-            "pipeline": "ok" if self.worker.alive() else "stopped",
+            "pipeline": "ok" if self.worker_thread.is_alive() and self.pool.alive() else "stopped",
             "dispatcher": "ok" if self.dispatch_thread.is_alive() else "stopped",
         }
 
     def run(self) -> None:
         self._prepare()
-        self.worker.thread.start()
+        self.worker_thread.start()
+        self.pool.start()
         self.dispatch_thread.start()
         self._start_sources()
         watchdog_stop = threading.Event()
@@ -167,6 +125,7 @@ class Daemon:
             api=self.config.api.listen if self.config.api.enabled else None,
             drop=str(self.config.drop_path) if self.config.sources.drop.enabled else None,
             connectors=sorted(self.dispatcher.connectors),
+            workers=self.config.pipeline.workers,
         )
         try:
             if self.config.api.enabled:
@@ -224,9 +183,9 @@ class Daemon:
     def shutdown(self) -> None:
         for source in self.sources:
             source.stop()
-        self.worker.stopping.set()
-        self.wake.set()
-        self.worker.thread.join(timeout=30)
+        self.worker.stop()
+        self.pool.stop()
+        self.worker_thread.join(timeout=30)
         self.dispatcher.stop()
         self.dispatch_thread.join(timeout=30)
         self.dispatcher.close()

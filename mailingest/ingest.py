@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,12 @@ from sqlmodel import col, select
 
 from mailingest.config import Config
 from mailingest.connectors.dispatcher import Dispatcher
-from mailingest.daemon import build_connectors, build_router
+from mailingest.daemon import build_connectors
 from mailingest.ledger import Ledger
-from mailingest.pipeline.runner import Runtime, document_view, process_next
+from mailingest.pipeline.runner import document_view, process_next
 from mailingest.storage import db, tables
 from mailingest.storage.blobs import BlobStore
+from mailingest.workers import build_runtime
 
 
 def ingest_files(config: Config, files: list[str]) -> list[dict[str, Any]]:
@@ -29,17 +31,11 @@ def ingest_files(config: Config, files: list[str]) -> list[dict[str, Any]]:
             raw = Path(name).read_bytes()
         except OSError as exc:
             accepted.append((name, None))
-            print(f"mailingest: cannot read {name}: {exc.strerror}")
+            print(f"mailingest: cannot read {name}: {exc.strerror}", file=sys.stderr)
             continue
         filename = None if name.lower().endswith(".eml") else Path(name).name
         accepted.append((name, ledger.accept(raw, source="cli", mailbox="cli", filename=filename)))
-    runtime = Runtime(
-        engine=engine,
-        blobs=blobs,
-        connectors=[(c.name, c.events) for c in connectors.values()],
-        max_document_bytes=config.pipeline.max_document_bytes,
-        router=build_router(config),
-    )
+    runtime = build_runtime(config, engine, blobs, "cli")
     while process_next(runtime):
         pass
     dispatcher = Dispatcher(

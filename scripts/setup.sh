@@ -8,6 +8,7 @@ venv="${1:-.venv}"
 # Debian packages the daemon or the test suite use (binary → package).
 declare -A debs=(
   [dovecot]=dovecot-imapd
+  [openssl]=openssl  # the IMAP tests make a self-signed certificate for Dovecot
 )
 
 missing=()

@@ -203,3 +203,29 @@ def test_systemd_notify_ready_and_graceful_stop(make_daemon, tmp_path: Path) -> 
             break
     assert "mailingest stopped" in daemon.log()
     sock.close()
+
+
+def test_extra_worker_processes_store_each_message_once(make_daemon, webhook_receiver) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon(webhook_receiver.url, extra='\n[pipeline]\nworkers = 3\npoll_interval = "0.2s"\n')
+    daemon.start()
+    ids = [
+        send(
+            daemon.smtp_port,
+            invoice_mail((UBL.name, UBL.read_bytes(), "application/xml"), subject=f"Invoice {n}"),
+        )
+        for n in range(24)
+    ]
+    daemon.wait_processed(lambda s: s["messages"].get("processed", 0) == 24, timeout=60)
+    stats = daemon.get("/v1/stats")
+    assert sum(stats["invoices"].values()) == 24  # one per message: no message stored twice
+    webhook_receiver.wait_for(lambda g: types(g).count("invoice.extracted") == 24)
+    extracted = [
+        r.json["data"]["source"]["message_id"]
+        for r in webhook_receiver.accepted()
+        if r.json["type"] == "invoice.extracted"
+    ]
+    assert len(set(extracted)) == 24
+    log = (daemon.workdir / "daemon.log").read_text()
+    assert log.count("worker process started") == 2 and len(ids) == 24
+    assert daemon.stop() == 0
+    assert (daemon.workdir / "daemon.log").read_text().count("worker process stopped") == 2

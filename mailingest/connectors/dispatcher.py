@@ -73,6 +73,7 @@ class Dispatcher:
         schedule: Sequence[float],
         concurrency: int = 8,
         poll_interval: float = 1.0,
+        wake: Any = None,
     ) -> None:
         self.engine = engine
         self.connectors = dict(connectors)
@@ -80,7 +81,7 @@ class Dispatcher:
         self.poll_interval = poll_interval
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="deliver")
         self._batch = concurrency * 4
-        self.wake = threading.Event()
+        self.wake = wake if wake is not None else threading.Event()  # set when there is new work
         self._stop = threading.Event()
         self._load_disabled()
 

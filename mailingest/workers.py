@@ -1,0 +1,148 @@
+"""Pipeline workers: the loop that drains the ledger, in the daemon's process and, with
+``[pipeline] workers = N``, in N - 1 extra processes that use the other CPU cores.
+
+Extra workers are plain processes (``spawn``) that share nothing but the database: each claims
+messages with a conditional UPDATE and a claim token (``storage.repo.claim_next_message``), so
+a message is stored by exactly one of them. New mail wakes them through a shared event, and
+they wake the dispatcher the same way when they have stored something.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import time
+from collections.abc import Sequence
+from multiprocessing.context import SpawnProcess
+from typing import Any, Protocol
+
+import structlog
+
+from mailingest.config import Config
+from mailingest.errors import MailingestError
+from mailingest.pipeline.runner import Router, Runtime, process_next
+from mailingest.routing.rules import apply, load_rules
+from mailingest.storage import db
+from mailingest.storage.blobs import BlobStore
+
+log = structlog.get_logger("mailingest.workers")
+SPAWN = multiprocessing.get_context("spawn")
+
+
+class Signal(Protocol):
+    """``threading.Event`` or ``multiprocessing.Event``: both do."""
+
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def is_set(self) -> bool: ...
+
+
+def subscriptions(config: Config) -> list[tuple[str, Sequence[str]]]:
+    """(connector name, event patterns) for every enabled connector: what the outbox fans out to."""
+    return [(w.name, w.events) for w in config.connectors.webhook if w.enabled]
+
+
+def build_router(config: Config) -> Router:
+    """Load the rules once (a broken rule file stops the start with a clear error)."""
+    rules = load_rules(config.rules.path)
+    first = config.rules.match == "first"
+    log.info("routing rules loaded", path=str(config.rules.path), rules=[r.name for r in rules])
+    return lambda invoice, context: apply(rules, invoice, first_match=first, context=context)
+
+
+def build_runtime(config: Config, engine: Any, blobs: BlobStore, worker: str) -> Runtime:
+    return Runtime(
+        engine=engine,
+        blobs=blobs,
+        connectors=subscriptions(config),
+        max_document_bytes=config.pipeline.max_document_bytes,
+        lease=config.pipeline.lease,
+        worker=worker,
+        router=build_router(config),
+    )
+
+
+class Worker:
+    """Runs the pipeline until stopped; woken at once by new mail, polls as a safety net."""
+
+    def __init__(self, runtime: Runtime, wake: Signal, on_done: Signal, poll_interval: float) -> None:
+        self.runtime = runtime
+        self.wake = wake
+        self.on_done = on_done
+        self.poll_interval = poll_interval
+        self.stopping = False
+        self.heartbeat = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.heartbeat = time.monotonic()
+            try:
+                did_work = process_next(self.runtime)
+            except MailingestError as exc:
+                log.error("pipeline step failed; retrying later", error=exc.detail)
+                did_work = False
+            except Exception:
+                log.exception("pipeline step crashed; retrying later")
+                did_work = False
+            if did_work:
+                self.on_done.set()
+            elif not self.stopping:
+                self.wake.wait(self.poll_interval)
+                self.wake.clear()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+
+
+def _process_main(config_json: str, index: int, wake: Signal, on_done: Signal) -> None:
+    """Entry point of an extra worker process."""
+    from mailingest import logs
+
+    config = Config.model_validate_json(config_json)
+    logs.configure(config.log.level, config.log.format)
+    engine = db.make_engine(config.storage_url, echo=config.storage.echo)
+    blobs = BlobStore(config.data_dir / "blobs", in_database=config.storage.documents == "database")
+    worker = Worker(
+        build_runtime(config, engine, blobs, f"worker-{index}"), wake, on_done, config.pipeline.poll_interval
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when workers stop
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    log.info("worker process started", worker=index)
+    worker.run()
+    engine.dispose()
+    log.info("worker process stopped", worker=index)
+
+
+class WorkerPool:
+    """The extra worker processes; stopped with SIGTERM, each finishing its message in hand."""
+
+    def __init__(self, config: Config, count: int, wake: Signal, on_done: Signal) -> None:
+        self.processes: list[SpawnProcess] = [
+            SPAWN.Process(
+                target=_process_main,
+                args=(config.model_dump_json(), i + 2, wake, on_done),
+                name=f"mailingest-worker-{i + 2}",
+                daemon=True,
+            )
+            for i in range(count)
+        ]
+
+    def start(self) -> None:
+        for process in self.processes:
+            process.start()
+
+    def alive(self) -> bool:
+        return all(p.is_alive() for p in self.processes)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: finish the message in hand, then exit
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()  # its message's claim will expire and be redone
+                process.join()
