@@ -101,6 +101,13 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,6 +226,7 @@ allow_private_network = true
             last_report = time.monotonic()
     t_end = max(received.values()) if received else time.monotonic()
     rss = peak_rss_mb(proc.pid)
+    worker_rss = sum(peak_rss_mb(c) for c in children(proc.pid))
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     hook.shutdown()
@@ -238,6 +246,7 @@ allow_private_network = true
         "latency_ms_p95": round(q[94], 1),
         "latency_ms_max": round(latencies[-1], 1) if latencies else None,
         "daemon_peak_rss_mb": round(rss, 1),
+        "child_processes_peak_rss_mb": round(worker_rss, 1),
     }
     print(json.dumps(result, indent=2))
     out = Path(__file__).parent / "results"
