@@ -33,7 +33,7 @@ from mailingest.sources.imap import ImapSource
 from mailingest.sources.smtp import SmtpSource
 from mailingest.storage import db, repo
 from mailingest.storage.blobs import BlobStore
-from mailingest.workers import SPAWN, Worker, WorkerPool, build_runtime
+from mailingest.workers import EXTRA_WORKER_POLL, Worker, WorkerPool, build_runtime
 
 log = structlog.get_logger("mailingest.daemon")
 
@@ -55,9 +55,8 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.engine = db.make_engine(config.storage_url, echo=config.storage.echo)
-        # multiprocessing events, so extra worker processes are woken by new mail too
-        self.wake = SPAWN.Event()
-        self.work_done = SPAWN.Event()
+        self.wake = threading.Event()  # rung by sources on new mail
+        self.work_done = threading.Event()  # rung by the pipeline when there is something to deliver
         self.blobs = BlobStore(config.data_dir / "blobs", in_database=config.storage.documents == "database")
         self.ledger = Ledger(self.engine, self.blobs, self.wake)
         self.sources: list[Source] = []
@@ -78,13 +77,16 @@ class Daemon:
             connectors,
             schedule=outbox.retry_schedule,
             concurrency=outbox.concurrency,
-            poll_interval=outbox.poll_interval,
+            # extra worker processes cannot ring the dispatcher: poll as often as they poll the ledger
+            poll_interval=outbox.poll_interval
+            if self.config.pipeline.workers == 1
+            else min(outbox.poll_interval, EXTRA_WORKER_POLL),
             wake=self.work_done,
         )
         runtime = build_runtime(self.config, self.engine, self.blobs, "worker-1")
         self.worker = Worker(runtime, self.wake, self.work_done, self.config.pipeline.poll_interval)
         self.worker_thread = threading.Thread(target=self.worker.run, name="pipeline", daemon=True)
-        self.pool = WorkerPool(self.config, self.config.pipeline.workers - 1, self.wake, self.work_done)
+        self.pool = WorkerPool(self.config, self.config.pipeline.workers - 1)
         self.dispatch_thread = threading.Thread(
             target=self.dispatcher.run_forever, name="dispatcher", daemon=True
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -13,14 +12,11 @@ from mailingest.storage import repo, tables
 from mailingest.storage.blobs import BlobStore
 from mailingest.storage.db import session_scope
 
-if TYPE_CHECKING:
-    from mailingest.workers import Signal
-
 log = structlog.get_logger("mailingest.ledger")
 
 
 class Ledger:
-    def __init__(self, engine: Engine, blobs: BlobStore, wake: Signal | None = None) -> None:
+    def __init__(self, engine: Engine, blobs: BlobStore, wake: threading.Event | None = None) -> None:
         self.engine = engine
         self.blobs = blobs
         self.wake = wake or threading.Event()

@@ -3,18 +3,21 @@
 
 Extra workers are plain processes (``spawn``) that share nothing but the database: each claims
 messages with a conditional UPDATE and a claim token (``storage.repo.claim_next_message``), so
-a message is stored by exactly one of them. New mail wakes them through a shared event, and
-they wake the dispatcher the same way when they have stored something.
+a message is stored by exactly one of them. They poll the ledger every quarter second when
+idle, and the dispatcher polls the outbox. No cross-process locks or events on purpose:
+``multiprocessing.Event.set`` waits for every sleeper to wake, so one worker killed mid-wait
+(OOM killer, kill -9) would hang whoever rings it — the SMTP receiver included.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.context import SpawnProcess
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -27,15 +30,7 @@ from mailingest.storage.blobs import BlobStore
 
 log = structlog.get_logger("mailingest.workers")
 SPAWN = multiprocessing.get_context("spawn")
-
-
-class Signal(Protocol):
-    """``threading.Event`` or ``multiprocessing.Event``: both do."""
-
-    def set(self) -> None: ...
-    def clear(self) -> None: ...
-    def wait(self, timeout: float | None = None) -> bool: ...
-    def is_set(self) -> bool: ...
+EXTRA_WORKER_POLL = 0.25  # seconds; how long new mail may wait for an idle extra worker
 
 
 def subscriptions(config: Config) -> list[tuple[str, Sequence[str]]]:
@@ -66,7 +61,9 @@ def build_runtime(config: Config, engine: Any, blobs: BlobStore, worker: str) ->
 class Worker:
     """Runs the pipeline until stopped; woken at once by new mail, polls as a safety net."""
 
-    def __init__(self, runtime: Runtime, wake: Signal, on_done: Signal, poll_interval: float) -> None:
+    def __init__(
+        self, runtime: Runtime, wake: threading.Event, on_done: threading.Event, poll_interval: float
+    ) -> None:
         self.runtime = runtime
         self.wake = wake
         self.on_done = on_done
@@ -96,7 +93,7 @@ class Worker:
         self.wake.set()
 
 
-def _process_main(config_json: str, index: int, wake: Signal, on_done: Signal) -> None:
+def _process_main(config_json: str, index: int) -> None:
     """Entry point of an extra worker process."""
     from mailingest import logs
 
@@ -104,11 +101,15 @@ def _process_main(config_json: str, index: int, wake: Signal, on_done: Signal) -
     logs.configure(config.log.level, config.log.format)
     engine = db.make_engine(config.storage_url, echo=config.storage.echo)
     blobs = BlobStore(config.data_dir / "blobs", in_database=config.storage.documents == "database")
-    worker = Worker(
-        build_runtime(config, engine, blobs, f"worker-{index}"), wake, on_done, config.pipeline.poll_interval
-    )
+    idle = threading.Event()  # never rung: this process polls
+    poll = min(config.pipeline.poll_interval, EXTRA_WORKER_POLL)
+    worker = Worker(build_runtime(config, engine, blobs, f"worker-{index}"), idle, threading.Event(), poll)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when workers stop
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+
+    def on_term(*_: object) -> None:
+        worker.stopping = True  # noticed within one poll; touching locks in a handler could deadlock
+
+    signal.signal(signal.SIGTERM, on_term)
     log.info("worker process started", worker=index)
     worker.run()
     engine.dispose()
@@ -118,11 +119,11 @@ def _process_main(config_json: str, index: int, wake: Signal, on_done: Signal) -
 class WorkerPool:
     """The extra worker processes; stopped with SIGTERM, each finishing its message in hand."""
 
-    def __init__(self, config: Config, count: int, wake: Signal, on_done: Signal) -> None:
+    def __init__(self, config: Config, count: int) -> None:
         self.processes: list[SpawnProcess] = [
             SPAWN.Process(
                 target=_process_main,
-                args=(config.model_dump_json(), i + 2, wake, on_done),
+                args=(config.model_dump_json(), i + 2),
                 name=f"mailingest-worker-{i + 2}",
                 daemon=True,
             )
