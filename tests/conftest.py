@@ -24,6 +24,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
+
+
+def _shared_corpus() -> Path:
+    """The shared dev corpus (read-only; its LGPL and unlicensed files must not be copied here).
+
+    Beside the checkout in a session's work tree; at its fixed place for a checkout elsewhere
+    (CI's clean clone); or wherever MAILINGEST_CORPUS points."""
+    candidates = [
+        os.environ.get("MAILINGEST_CORPUS"),
+        ROOT.parent / "shared" / "corpus",
+        "/work/shared/corpus",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate, "index.jsonl").exists():
+            return Path(candidate)
+    return ROOT.parent / "shared" / "corpus"
+
+
+SHARED_CORPUS = _shared_corpus()
 PG_ADMIN = os.environ.get("MAILINGEST_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -19,12 +19,13 @@ import pytest
 
 from mailingest.errors import MimeError
 from mailingest.mime import looks_like_message, unpack_message, wrap_file
+from tests.conftest import SHARED_CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "email"
 GENERATED = FIXTURES / "generated"
 PAYLOAD = (FIXTURES / "payload-ubl.xml").read_bytes()
-SHARED_EMAIL = ROOT.parent / "shared" / "corpus" / "email"  # LGPL samples: read there, never copied
+SHARED_EMAIL = SHARED_CORPUS / "email"  # LGPL samples: read there, never copied
 
 CORPUS_MAILS = sorted(FIXTURES.glob("*.eml"))
 TNEF_SAMPLES = sorted(SHARED_EMAIL.glob("*.tnef"))
