@@ -21,6 +21,7 @@ EPILOG = """examples:
   mailingest serve --config /etc/mailingest/config.toml
   mailingest extract invoice.pdf mail.eml   print canonical invoices as JSON Lines, store nothing
   mailingest ingest mail.eml                store, route and deliver once, then exit
+  mailingest eval ../shared/corpus          score extraction against *.truth.json files
   mailingest db upgrade                     create or migrate the database schema
   mailingest webhook-secret                 print a fresh whsec_ secret for a webhook endpoint
 
@@ -104,6 +105,39 @@ def cmd_extract(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         sys.stdout.flush()
     return 0 if ok else 1
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mailingest import logs
+    from mailingest.evaluate import evaluate, find_cases, format_report
+
+    logs.configure("error", "json")
+    dirs = [Path(d) for d in args.dirs]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        print(f"mailingest eval: no such directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        cases = find_cases(dirs)
+    except ValueError as exc:  # a truth file that is not JSON
+        print(f"mailingest eval: unreadable truth file: {exc}", file=sys.stderr)
+        return 2
+    kinds = {k.strip() for k in args.kinds.split(",") if k.strip()} if args.kinds else None
+    cases = [c for c in cases if kinds is None or c.kind in kinds]
+    if not cases:
+        wanted = f" of kind {args.kinds}" if kinds else ""
+        print(
+            f"mailingest eval: no files{wanted} with a .truth.json in {', '.join(args.dirs)}", file=sys.stderr
+        )
+        return 2
+
+    def progress(done: int, total: int) -> None:
+        if total > 25 and (done % 25 == 0 or done == total):
+            print(f"eval: {done}/{total} files", file=sys.stderr, flush=True)
+
+    report = evaluate(cases, show_misses=args.show_misses, progress=progress)
+    print(json.dumps(report, ensure_ascii=False, indent=2) if args.json else format_report(report))
+    return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -219,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
         config=False,
     )
     p.add_argument("files", nargs="+", metavar="FILE", help=".eml, .pdf, .xml or other document files")
+    p = add(
+        "eval",
+        "score extraction against *.truth.json files: per-field and per-kind accuracy, speed",
+        cmd_eval,
+        config=False,
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="directories searched for FILE + FILE.truth.json")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--kinds", metavar="K1,K2", help="only these kinds (ubl, cii, facturx_pdf, pdf, eml, ...)")
+    p.add_argument(
+        "--show-misses", type=int, default=0, metavar="N", help="list N misses with expected and got values"
+    )
     p = add(
         "ingest", "run files through the whole pipeline once (store, route, deliver), then exit", cmd_ingest
     )
