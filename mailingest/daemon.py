@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from mailingest.config import Config, parse_listen
 from mailingest.connectors.base import Connector
 from mailingest.connectors.dispatcher import Dispatcher
 from mailingest.connectors.webhook import WebhookConnector
-from mailingest.errors import MailingestError
+from mailingest.errors import MailingestError, SourceError
 from mailingest.ledger import Ledger
 from mailingest.sources.base import Source
 from mailingest.sources.drop import DropSource
@@ -110,12 +111,39 @@ class Daemon:
             "dispatcher": "ok" if self.dispatch_thread.is_alive() else "stopped",
         }
 
+    def _bind_api(self) -> socket.socket | None:
+        """Bind the API port before anything starts, so a busy port is a clear error, not a crash."""
+        if not self.config.api.enabled:
+            return None
+        host, port = parse_listen(self.config.api.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise SourceError(
+                f"cannot listen for the API on {self.config.api.listen}: {exc.strerror}"
+            ) from exc
+        sock.listen(128)
+        sock.set_inheritable(False)
+        return sock
+
     def run(self) -> None:
         self._prepare()
+        api_socket = self._bind_api()
+        try:
+            self._start_sources()
+        except MailingestError:
+            for source in self.sources:
+                source.stop()
+            if api_socket is not None:
+                api_socket.close()
+            raise
         self.worker_thread.start()
         self.pool.start()
         self.dispatch_thread.start()
-        self._start_sources()
         watchdog_stop = threading.Event()
         systemd.start_watchdog(watchdog_stop, lambda: all(v == "ok" for v in self.health().values()))
         log.info(
@@ -130,23 +158,20 @@ class Daemon:
             workers=self.config.pipeline.workers,
         )
         try:
-            if self.config.api.enabled:
-                asyncio.run(self._serve_api())
+            if api_socket is not None:
+                asyncio.run(self._serve_api(api_socket))
             else:
                 self._wait_for_signal()
         finally:
             watchdog_stop.set()
             self.shutdown()
 
-    async def _serve_api(self) -> None:
+    async def _serve_api(self, sock: socket.socket) -> None:
         from mailingest.api.app import create_app
 
-        host, port = parse_listen(self.config.api.listen)
         server = _ApiServer(
             uvicorn.Config(
                 create_app(self.engine, self.health),
-                host=host,
-                port=port,
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
@@ -155,7 +180,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, server)
-        serve = asyncio.create_task(server.serve())
+        serve = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serve.done():
             await asyncio.sleep(0.05)
         if serve.done():
