@@ -20,7 +20,15 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from mailingest.errors import ConfigError
 
@@ -136,6 +144,53 @@ class ImapOnFailure(_Section):
     flag: str = Field(default="$MailingestFailed", pattern=_IMAP_KEYWORD)
 
 
+def _sender_glob(pattern: str) -> str:
+    """Sender patterns are matched against the whole address, so one without ``@`` (a bare
+    ``vendor.example``) could never match anything: reject it instead of silently filtering."""
+    if "@" not in pattern:
+        raise ValueError(f"{pattern!r} matches whole addresses; write e.g. '*@{pattern}' or 'name@{pattern}'")
+    return pattern.lower()
+
+
+def _name_glob(pattern: str) -> str:
+    if not pattern.strip():
+        raise ValueError("an empty pattern matches no file name")
+    return pattern.lower()
+
+
+def _type_glob(pattern: str) -> str:
+    """A bare ``pdf`` would never equal a content type: reject it rather than skip every mail."""
+    if not re.fullmatch(r"[^/\s]+/[^/\s]+", pattern):
+        raise ValueError(f"{pattern!r} is not a content type such as 'application/pdf' or 'image/*'")
+    return pattern.lower()
+
+
+def _regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+class ImapFilters(_Section):
+    """Which new messages an account takes, decided from headers and BODYSTRUCTURE only (see
+    ``mailingest.sources.filters``); a filtered-out message is never downloaded.
+
+    Globs are ``fnmatch`` patterns matched case-insensitively (stored lower-cased). Every pattern
+    is checked here so a typo fails at load, naming its key, and not at the first mail."""
+
+    allow_senders: list[Annotated[str, AfterValidator(_sender_glob)]] = Field(default_factory=list)
+    deny_senders: list[Annotated[str, AfterValidator(_sender_glob)]] = Field(default_factory=list)
+    subject_patterns: list[Annotated[str, AfterValidator(_regex)]] = Field(default_factory=list)
+    require_attachment: bool = False
+    attachment_names: list[Annotated[str, AfterValidator(_name_glob)]] = Field(default_factory=list)
+    attachment_types: list[Annotated[str, AfterValidator(_type_glob)]] = Field(default_factory=list)
+    skipped_action: Literal["none", "seen", "flag", "move"] = "none"
+    skipped_folder: str = Field(default="Skipped", min_length=1)  # for "move"; created when missing
+    skipped_flag: str = Field(default="$MailingestSkipped", pattern=_IMAP_KEYWORD)  # for "flag"
+
+
 class ImapSourceConfig(_Section):
     """One IMAP account (``[[sources.imap]]``); every folder gets its own connection."""
 
@@ -157,6 +212,7 @@ class ImapSourceConfig(_Section):
     since: date | None = None
     after_processing: ImapAfterProcessing = Field(default_factory=ImapAfterProcessing)
     on_failure: ImapOnFailure = Field(default_factory=ImapOnFailure)
+    filters: ImapFilters = Field(default_factory=ImapFilters)
     connect_timeout: Duration = Field(default=30.0, gt=0)
     read_timeout: Duration = Field(default=120.0, gt=0)
     reconnect_max: Duration = Field(default=300.0, gt=0)
@@ -179,6 +235,8 @@ class ImapSourceConfig(_Section):
             targets.append(self.after_processing.folder)
         if self.on_failure.action == "move":
             targets.append(self.on_failure.folder)
+        if self.filters.skipped_action == "move":
+            targets.append(self.filters.skipped_folder)
         clash = sorted(set(targets) & set(self.folders))
         if clash:
             raise ValueError(f"cannot move messages into a watched folder: {', '.join(clash)}")

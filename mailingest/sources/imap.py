@@ -13,6 +13,10 @@ acting on each message at the server only once its results are committed.
   folder is searched for messages the action has not been applied to yet (still there, still
   unseen, keyword missing) and the ledger tells which of them are finished — so a crash between
   commit and move only delays the move to the next start.
+* **Filters** (``[sources.imap.filters]``, ``filters.py``) decide on ENVELOPE and BODYSTRUCTURE
+  before any body is fetched; every decision is logged with its reason. Skipped mail never
+  enters the ledger and gets ``skipped_action``; mail over ``max_message_bytes`` gets
+  ``on_failure``.
 * **Waiting.** IDLE when the server offers it (re-issued every ``min(idle_timeout,
   poll_interval)``, so ``poll_interval`` is also a safety-net rescan), else a poll every
   ``poll_interval`` ±10 %. While waiting, messages in flight are checked in the ledger twice a
@@ -38,6 +42,7 @@ from mailingest.config import ImapAfterProcessing, ImapOnFailure, ImapSourceConf
 from mailingest.errors import MailingestError
 from mailingest.ledger import Ledger
 from mailingest.sources.base import Sink
+from mailingest.sources.filters import decide, summarise
 from mailingest.sources.imap_session import (
     IDLE_SLICE,
     SEEN,
@@ -53,7 +58,7 @@ from mailingest.storage.tables import Message
 log = structlog.get_logger("mailingest.sources.imap")
 
 SOURCE = "imap"
-DONE, FAILED, WAITING = "done", "failed", "waiting"
+DONE, FAILED, WAITING, SKIPPED = "done", "failed", "waiting", "skipped"
 _OUTCOMES = {"processed": DONE, "failed": FAILED}
 STOP_GRACE = 3.0  # seconds stop() waits for watchers before cutting their sockets
 
@@ -221,11 +226,18 @@ class FolderWatcher:
                 self._act(session, outcome, ready)
 
     def _take_new(self, session: ImapSession) -> None:
-        """Post-process what finished, fetch what is new, until a SEARCH finds nothing new.
+        """Post-process what finished, decide on and fetch what is new, until a SEARCH finds
+        nothing new.
 
         That empty SEARCH is deliberately the last command before IDLE: some servers (Dovecot)
         report in IDLE only mail that arrives after IDLE began, so any command in between would
-        widen the window in which a new mail waits for the next cycle instead of being pushed."""
+        widen the window in which a new mail waits for the next cycle instead of being pushed.
+
+        A message the filters skip is not put in the ledger; ``_last_uid`` moving past it is all
+        that remembers it, so it is decided on once per run and its ``skipped_action`` applied
+        once. After a restart ``_last_uid`` comes from the ledger, so skipped mail above the last
+        taken UID is decided on again — cheap (headers only), and applying the action again is
+        harmless (a flag set twice; a moved message is no longer there to find)."""
         assert self._uidvalidity is not None
         while not self.stopping.is_set():
             self._finish(session)
@@ -234,14 +246,28 @@ class FolderWatcher:
             if not uids:
                 return
             batch = uids[: self.config.batch_size]
-            sizes = session.sizes(batch)
-            limit = self.config.max_message_bytes
-            too_big = {uid: size for uid, size in sizes.items() if size > limit}
-            for uid, size in too_big.items():
-                self.log.warning("imap message too large; not fetched", uid=uid, size=size, limit=limit)
-            if too_big:
-                self._act(session, FAILED, dict.fromkeys(too_big), reason="too large")
-            wanted = {uid: size for uid, size in sizes.items() if uid not in too_big}
+            wanted: dict[int, int] = {}  # UID → size, for the body fetch
+            refused: dict[str, list[int]] = {FAILED: [], SKIPPED: []}
+            for uid, data in session.headers(batch).items():
+                summary = summarise(data)
+                decision = decide(
+                    summary.sender,
+                    summary.subject,
+                    summary.attachments,
+                    summary.size,
+                    summary.flags,
+                    self.config,
+                )
+                emit = self.log.warning if decision.failed else self.log.info
+                emit("imap filter decision", uid=uid, decision=decision.verdict, reason=decision.reason)
+                if decision.take:
+                    wanted[uid] = summary.size
+                else:
+                    refused[FAILED if decision.failed else SKIPPED].append(uid)
+            if refused[FAILED]:
+                self._act(session, FAILED, dict.fromkeys(refused[FAILED]), reason="too large")
+            if refused[SKIPPED]:
+                self._act(session, SKIPPED, dict.fromkeys(refused[SKIPPED]), reason="filtered out")
             for uid, raw in session.bodies(wanted):
                 msg_id = self.sink(
                     raw, source=SOURCE, mailbox=self.mailbox, uidvalidity=self._uidvalidity, uid=uid
@@ -249,7 +275,7 @@ class FolderWatcher:
                 self._last_uid = uid
                 self._pending[uid] = msg_id
                 self.log.info("imap message fetched", uid=uid, size=len(raw), message=msg_id)
-            self._last_uid = max(self._last_uid, *batch)  # also past the too-large and vanished ones
+            self._last_uid = max(self._last_uid, *batch)  # also past the refused and vanished ones
 
     def _finish(self, session: ImapSession) -> None:
         """Act on fetched messages whose results the ledger now holds."""
@@ -273,27 +299,36 @@ class FolderWatcher:
         messages: Mapping[int, str | None],
         reason: str | None = None,
     ) -> None:
-        rule = self.config.after_processing if outcome == DONE else self.config.on_failure
+        """Carry out the outcome's action (after_processing, on_failure or skipped_action)."""
+        action, folder, flag = self._rule(outcome)
         uids = sorted(messages)
-        if rule.action == "seen":
+        if action == "seen":
             session.add_flags(uids, [SEEN])
-        elif rule.action == "flag":
-            session.add_flags(uids, [rule.flag.encode()])
-        elif rule.action == "move":
-            session.move(uids, rule.folder)
-        elif rule.action == "delete":
+        elif action == "flag":
+            session.add_flags(uids, [flag.encode()])
+        elif action == "move":
+            session.move(uids, folder)
+        elif action == "delete":
             session.delete(uids)
-        target = rule.folder if rule.action == "move" else rule.flag if rule.action == "flag" else None
+        target = folder if action == "move" else flag if action == "flag" else None
         for uid in uids:
             self.log.info(
                 "imap message post-processed",
                 uid=uid,
                 message=messages[uid],
                 outcome=outcome,
-                action=rule.action,
+                action=action,
                 target=target,
                 reason=reason,
             )
+
+    def _rule(self, outcome: str) -> tuple[str, str, str]:
+        """(action, folder, flag) configured for an outcome."""
+        if outcome == SKIPPED:
+            rules = self.config.filters
+            return rules.skipped_action, rules.skipped_folder, rules.skipped_flag
+        rule = self.config.after_processing if outcome == DONE else self.config.on_failure
+        return rule.action, rule.folder, rule.flag
 
     def _should_wake(self) -> bool:
         """Stop requested, or (checked at most every IDLE_SLICE) an in-flight message finished."""

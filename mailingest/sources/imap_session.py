@@ -26,6 +26,7 @@ UID_CHUNK = 500  # UIDs per command: keeps command lines far below servers' limi
 FETCH_BYTES = 32 * 2**20
 IDLE_SLICE = 0.5  # seconds per idle_check: how quickly stop() and finished post-processing are noticed
 SEEN, DELETED = b"\\Seen", b"\\Deleted"
+HEADER_ITEMS = [b"ENVELOPE", b"BODYSTRUCTURE", b"RFC822.SIZE", b"FLAGS"]
 
 
 def _reason(exc: BaseException) -> str:
@@ -91,13 +92,15 @@ class ImapSession:
         with self._step("search failed"):
             return sorted(int(uid) for uid in self._client.search(criteria))
 
-    def sizes(self, uids: Sequence[int]) -> dict[int, int]:
-        out: dict[int, int] = {}
-        with self._step("fetching sizes failed"):
+    def headers(self, uids: Sequence[int]) -> dict[int, dict[bytes, Any]]:
+        """ENVELOPE, BODYSTRUCTURE, RFC822.SIZE and FLAGS by UID: all the filters decide on, so a
+        message they refuse is never downloaded. A UID expunged meanwhile is simply absent."""
+        out: dict[int, dict[bytes, Any]] = {}
+        with self._step("fetching headers failed"):
             for chunk in chunked(uids):
-                for uid, data in self._client.fetch(chunk, [b"RFC822.SIZE"]).items():
-                    if b"RFC822.SIZE" in data:  # else an unsolicited FETCH (flags) for a vanished UID
-                        out[int(uid)] = int(data[b"RFC822.SIZE"])
+                for uid, data in self._client.fetch(chunk, HEADER_ITEMS).items():
+                    if all(item in data for item in HEADER_ITEMS):  # else an unsolicited FETCH (flags)
+                        out[int(uid)] = data
         return out
 
     def bodies(self, sizes: dict[int, int]) -> Iterator[tuple[int, bytes]]:
