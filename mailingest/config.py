@@ -284,7 +284,8 @@ class ConnectorsConfig(_Section):
 
     @model_validator(mode="after")
     def _unique_names(self) -> ConnectorsConfig:
-        names = [w.name for w in self.webhook]
+        """Names key deliveries and disabled state, so they are unique across all kinds."""
+        names = [entry.name for kind in type(self).model_fields for entry in getattr(self, kind)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"connector names must be unique: {', '.join(dupes)}")

@@ -23,9 +23,8 @@ import uvicorn
 
 from mailingest import __version__, systemd
 from mailingest.config import Config, parse_listen
-from mailingest.connectors.base import Connector
 from mailingest.connectors.dispatcher import Dispatcher
-from mailingest.connectors.webhook import WebhookConnector
+from mailingest.connectors.registry import build_connectors
 from mailingest.errors import MailingestError, SourceError
 from mailingest.ledger import Ledger
 from mailingest.sources.base import Source
@@ -46,10 +45,6 @@ class _ApiServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def build_connectors(config: Config) -> dict[str, Connector]:
-    return {w.name: WebhookConnector(w) for w in config.connectors.webhook if w.enabled}
 
 
 class Daemon:

@@ -10,7 +10,7 @@ from sqlmodel import col, select
 
 from mailingest.config import Config
 from mailingest.connectors.dispatcher import Dispatcher
-from mailingest.daemon import build_connectors
+from mailingest.connectors.registry import build_connectors
 from mailingest.ledger import Ledger
 from mailingest.pipeline.runner import document_view, process_next
 from mailingest.storage import db, tables

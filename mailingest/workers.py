@@ -15,13 +15,13 @@ import multiprocessing
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
 import structlog
 
 from mailingest.config import Config
+from mailingest.connectors.registry import subscriptions
 from mailingest.errors import MailingestError
 from mailingest.pipeline.runner import Router, Runtime, process_next
 from mailingest.routing.rules import apply, load_rules
@@ -31,11 +31,6 @@ from mailingest.storage.blobs import BlobStore
 log = structlog.get_logger("mailingest.workers")
 SPAWN = multiprocessing.get_context("spawn")
 EXTRA_WORKER_POLL = 0.25  # seconds; how long new mail may wait for an idle extra worker
-
-
-def subscriptions(config: Config) -> list[tuple[str, Sequence[str]]]:
-    """(connector name, event patterns) for every enabled connector: what the outbox fans out to."""
-    return [(w.name, w.events) for w in config.connectors.webhook if w.enabled]
 
 
 def build_router(config: Config) -> Router:
