@@ -20,6 +20,7 @@ from mailingest.pipeline.validate_rules import (
     identifiers,
     sum_of,
     vat_categories,
+    warning,
 )
 
 
@@ -136,10 +137,10 @@ def _arithmetic(inv: Invoice) -> list[ValidationMessage]:
         total = sum_of(line_amounts)
         if not close(total, t.line_net_total, len(line_amounts)):
             out.append(
-                ValidationMessage(
-                    rule="BR-CO-10",
-                    path="/totals/line_net_total",
-                    text=f"Sum of line net amounts {total} differs from line net total {t.line_net_total}.",
+                error(
+                    "BR-CO-10",
+                    "/totals/line_net_total",
+                    f"Sum of line net amounts {total} differs from line net total {t.line_net_total}.",
                 )
             )
     for rule, charge, stated, name in (
@@ -162,11 +163,10 @@ def _arithmetic(inv: Invoice) -> list[ValidationMessage]:
         expected = t.line_net_total - (t.allowances or 0) + (t.charges or 0)
         if not close(expected, t.tax_exclusive):
             out.append(
-                ValidationMessage(
-                    rule="BR-CO-13",
-                    path="/totals/tax_exclusive",
-                    text=f"Net total {t.tax_exclusive} should be line total − allowances + charges"
-                    f" = {expected}.",
+                error(
+                    "BR-CO-13",
+                    "/totals/tax_exclusive",
+                    f"Net total {t.tax_exclusive} should be line total − allowances + charges = {expected}.",
                 )
             )
     if (
@@ -177,10 +177,10 @@ def _arithmetic(inv: Invoice) -> list[ValidationMessage]:
         total = sum_of(v.tax_amount for v in inv.vat_breakdown)
         if not close(total, t.tax_total, len(inv.vat_breakdown)):
             out.append(
-                ValidationMessage(
-                    rule="BR-CO-14",
-                    path="/totals/tax_total",
-                    text=f"Tax total {t.tax_total} differs from the sum of the VAT breakdown {total}.",
+                error(
+                    "BR-CO-14",
+                    "/totals/tax_total",
+                    f"Tax total {t.tax_total} differs from the sum of the VAT breakdown {total}.",
                 )
             )
     for i, v in enumerate(inv.vat_breakdown):
@@ -200,10 +200,10 @@ def _arithmetic(inv: Invoice) -> list[ValidationMessage]:
         expected = t.tax_exclusive + (t.tax_total or 0)
         if not close(expected, t.tax_inclusive):
             out.append(
-                ValidationMessage(
-                    rule="BR-CO-15",
-                    path="/totals/tax_inclusive",
-                    text=f"Gross total {t.tax_inclusive} should be net {t.tax_exclusive}"
+                error(
+                    "BR-CO-15",
+                    "/totals/tax_inclusive",
+                    f"Gross total {t.tax_inclusive} should be net {t.tax_exclusive}"
                     f" + tax {t.tax_total or 0}"
                     f" = {expected}.",
                 )
@@ -212,10 +212,10 @@ def _arithmetic(inv: Invoice) -> list[ValidationMessage]:
         expected = t.tax_inclusive - (t.prepaid or 0) + (t.rounding or 0)
         if not close(expected, t.amount_due):
             out.append(
-                ValidationMessage(
-                    rule="BR-CO-16",
-                    path="/totals/amount_due",
-                    text=f"Amount due {t.amount_due} should be gross − prepaid + rounding = {expected}.",
+                error(
+                    "BR-CO-16",
+                    "/totals/amount_due",
+                    f"Amount due {t.amount_due} should be gross − prepaid + rounding = {expected}.",
                 )
             )
     return out
@@ -224,11 +224,10 @@ def _arithmetic(inv: Invoice) -> list[ValidationMessage]:
 def _dates(inv: Invoice) -> list[ValidationMessage]:
     if inv.issue_date and inv.due_date and inv.due_date < inv.issue_date:
         return [
-            ValidationMessage(
-                rule="MI-DATE-01",
-                severity="warning",
-                path="/due_date",
-                text=f"Due date {inv.due_date} is before the issue date {inv.issue_date}.",
+            warning(
+                "MI-DATE-01",
+                "/due_date",
+                f"Due date {inv.due_date} is before the issue date {inv.issue_date}.",
             )
         ]
     return []
