@@ -29,6 +29,7 @@ from mailingest.errors import MailingestError, SourceError
 from mailingest.ledger import Ledger
 from mailingest.sources.base import Source
 from mailingest.sources.drop import DropSource
+from mailingest.sources.graph import GraphSource
 from mailingest.sources.imap import ImapSource
 from mailingest.sources.smtp import SmtpSource
 from mailingest.storage import db, repo
@@ -95,6 +96,7 @@ class Daemon:
             smtp = SmtpSource(src.smtp)
             self.sources.append(smtp)
         self.sources.extend(ImapSource(account, self.ledger) for account in src.imap if account.enabled)
+        self.sources.extend(GraphSource(g, self.ledger, self.config.data_dir) for g in src.graph if g.enabled)
         for source in self.sources:
             source.start(self.ledger.accept)
             if isinstance(source, SmtpSource):

@@ -13,11 +13,21 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from mailingest.config import Config
+from mailingest.connectors.amqp import AmqpConnector
 from mailingest.connectors.base import Connector
+from mailingest.connectors.files import FilesConnector
+from mailingest.connectors.mail import MailConnector
+from mailingest.connectors.mqtt import MqttConnector
+from mailingest.connectors.nats import NatsConnector
 from mailingest.connectors.webhook import WebhookConnector
 
 FACTORIES: dict[str, Callable[[Any], Connector]] = {
     "webhook": WebhookConnector,
+    "files": FilesConnector,
+    "mail": MailConnector,
+    "nats": NatsConnector,
+    "amqp": AmqpConnector,
+    "mqtt": MqttConnector,
 }
 
 

@@ -1,0 +1,220 @@
+"""Configuration models of the mail sources (``[sources.*]``)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from mailingest.config_base import Duration, SecretRef, _Section
+
+
+class SmtpSourceConfig(_Section):
+    enabled: bool = True
+    listen: str = "127.0.0.1:2525"
+    max_message_bytes: int = Field(default=26_214_400, gt=0)
+    mailbox: str = "smtp"
+
+
+class DropSourceConfig(_Section):
+    enabled: bool = True
+    path: Path | None = None  # default: <data_dir>/inbox
+    poll_interval: Duration = 1.0
+    settle_time: Duration = 0.5  # a file must be this old (unchanged) before it is taken
+
+
+_IMAP_KEYWORD = r"^[A-Za-z0-9$_.\-]+$"  # an IMAP keyword atom such as $Processed (no system flags)
+
+
+class ImapAfterProcessing(_Section):
+    """What happens at the server to a message once its results are committed."""
+
+    action: Literal["seen", "flag", "move", "delete", "none"] = "seen"
+    folder: str = Field(default="Processed", min_length=1)  # for "move"; created when missing
+    flag: str = Field(default="$Processed", pattern=_IMAP_KEYWORD)  # for "flag"
+
+
+class ImapOnFailure(_Section):
+    """What happens to a message that failed (or was too large to fetch)."""
+
+    action: Literal["move", "flag", "none"] = "flag"
+    folder: str = Field(default="Failed", min_length=1)
+    flag: str = Field(default="$MailingestFailed", pattern=_IMAP_KEYWORD)
+
+
+def _sender_glob(pattern: str) -> str:
+    """Sender patterns are matched against the whole address, so one without ``@`` (a bare
+    ``vendor.example``) could never match anything: reject it instead of silently filtering."""
+    if "@" not in pattern:
+        raise ValueError(f"{pattern!r} matches whole addresses; write e.g. '*@{pattern}' or 'name@{pattern}'")
+    return pattern.lower()
+
+
+def _name_glob(pattern: str) -> str:
+    if not pattern.strip():
+        raise ValueError("an empty pattern matches no file name")
+    return pattern.lower()
+
+
+def _type_glob(pattern: str) -> str:
+    """A bare ``pdf`` would never equal a content type: reject it rather than skip every mail."""
+    if not re.fullmatch(r"[^/\s]+/[^/\s]+", pattern):
+        raise ValueError(f"{pattern!r} is not a content type such as 'application/pdf' or 'image/*'")
+    return pattern.lower()
+
+
+def _regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+class ImapFilters(_Section):
+    """Which new messages an account takes, decided from headers and BODYSTRUCTURE only (see
+    ``mailingest.sources.filters``); a filtered-out message is never downloaded.
+
+    Globs are ``fnmatch`` patterns matched case-insensitively (stored lower-cased). Every pattern
+    is checked here so a typo fails at load, naming its key, and not at the first mail."""
+
+    allow_senders: list[Annotated[str, AfterValidator(_sender_glob)]] = Field(default_factory=list)
+    deny_senders: list[Annotated[str, AfterValidator(_sender_glob)]] = Field(default_factory=list)
+    subject_patterns: list[Annotated[str, AfterValidator(_regex)]] = Field(default_factory=list)
+    require_attachment: bool = False
+    attachment_names: list[Annotated[str, AfterValidator(_name_glob)]] = Field(default_factory=list)
+    attachment_types: list[Annotated[str, AfterValidator(_type_glob)]] = Field(default_factory=list)
+    skipped_action: Literal["none", "seen", "flag", "move"] = "none"
+    skipped_folder: str = Field(default="Skipped", min_length=1)  # for "move"; created when missing
+    skipped_flag: str = Field(default="$MailingestSkipped", pattern=_IMAP_KEYWORD)  # for "flag"
+
+
+class ImapSourceConfig(_Section):
+    """One IMAP account (``[[sources.imap]]``); every folder gets its own connection."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=60)
+    enabled: bool = True
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, gt=0, lt=65536)  # default: 993 for tls, else 143
+    security: Literal["tls", "starttls", "none"] = "tls"
+    verify_certificate: bool = True
+    username: str = Field(min_length=1)
+    password: SecretRef
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
+    idle: bool = True
+    poll_interval: Duration = Field(default=60.0, gt=0)
+    idle_timeout: Duration = Field(default=1500.0, gt=0, le=1740)  # RFC 2177: servers drop IDLE at 30 min
+    batch_size: int = Field(default=50, gt=0, le=1000)
+    max_message_bytes: int = Field(default=26_214_400, gt=0)
+    only_unseen: bool = False
+    since: date | None = None
+    after_processing: ImapAfterProcessing = Field(default_factory=ImapAfterProcessing)
+    on_failure: ImapOnFailure = Field(default_factory=ImapOnFailure)
+    filters: ImapFilters = Field(default_factory=ImapFilters)
+    connect_timeout: Duration = Field(default=30.0, gt=0)
+    read_timeout: Duration = Field(default=120.0, gt=0)
+    reconnect_max: Duration = Field(default=300.0, gt=0)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.security == "tls" else 143)
+
+    @model_validator(mode="after")
+    def _folders_are_consistent(self) -> ImapSourceConfig:
+        """Each folder is watched once, fits the ledger's mailbox column, and is never a move
+        target (a message moved into a watched folder would be fetched again, forever)."""
+        if len(set(self.folders)) != len(self.folders):
+            raise ValueError("folders must not repeat")
+        too_long = [f for f in self.folders if len(self.name) + 1 + len(f) > 200]
+        if too_long:  # "<name>/<folder>" is stored as the ledger's mailbox (200 characters)
+            raise ValueError(f"account name and folder together exceed 200 characters: {too_long[0]}")
+        targets = []
+        if self.after_processing.action == "move":
+            targets.append(self.after_processing.folder)
+        if self.on_failure.action == "move":
+            targets.append(self.on_failure.folder)
+        if self.filters.skipped_action == "move":
+            targets.append(self.filters.skipped_folder)
+        clash = sorted(set(targets) & set(self.folders))
+        if clash:
+            raise ValueError(f"cannot move messages into a watched folder: {', '.join(clash)}")
+        return self
+
+
+_GRAPH_CATEGORY = r"^[^,]{1,255}$"  # an Outlook category name (commas would split it in clients)
+
+
+class GraphAction(_Section):
+    """What happens in the mailbox to a Graph message once its results are committed (or it
+    failed): ``read`` sets ``isRead``, ``move`` moves it to ``folder`` (an id, a well-known name
+    such as ``archive``, or the display name of a top-level folder), ``flag`` adds ``category``."""
+
+    action: Literal["none", "read", "move", "flag"]
+    folder: str = Field(default="archive", min_length=1)
+    category: str = Field(default="Mailingest", pattern=_GRAPH_CATEGORY)
+
+
+def _graph_done() -> GraphAction:
+    return GraphAction(action="read")
+
+
+def _graph_failed() -> GraphAction:
+    return GraphAction(action="flag", category="Mailingest failed")
+
+
+class GraphSourceConfig(_Section):
+    """One Microsoft Graph mailbox folder (``[[sources.graph]]``), read with delta queries as an
+    app registration (client-credentials flow, application permission ``Mail.ReadWrite``)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=60)
+    enabled: bool = True
+    tenant_id: str = Field(pattern=r"^[A-Za-z0-9.-]+$")  # a GUID or a domain; part of the token URL
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    authority: str = Field(default="https://login.microsoftonline.com", pattern=r"^https?://")
+    graph_url: str = Field(default="https://graph.microsoft.com/v1.0", pattern=r"^https?://")
+    user: str = Field(min_length=1)  # the mailbox: user principal name or object id
+    folder: str = Field(default="inbox", min_length=1)  # well-known name, id, or top-level display name
+    poll_interval: Duration = Field(default=60.0, gt=0)
+    timeout: Duration = Field(default=30.0, gt=0)
+    after_processing: GraphAction = Field(default_factory=_graph_done)
+    on_failure: GraphAction = Field(default_factory=_graph_failed)
+
+    @model_validator(mode="after")
+    def _not_into_itself(self) -> GraphSourceConfig:
+        """A message moved into the watched folder would come back through the delta query."""
+        if len(self.name) + 1 + len(self.folder) > 200:  # "<name>/<folder>" is the ledger's mailbox
+            raise ValueError("name and folder together exceed 200 characters")
+        for rule in (self.after_processing, self.on_failure):
+            if rule.action == "move" and rule.folder.lower() == self.folder.lower():
+                raise ValueError(f"cannot move messages into the watched folder {self.folder!r}")
+        return self
+
+
+def _unique_graph_names(sources: list[GraphSourceConfig]) -> list[GraphSourceConfig]:
+    """The name keys the source's state file (``<data_dir>/state/graph-<name>.json``)."""
+    names = [s.name for s in sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"Graph source names must be unique: {', '.join(dupes)}")
+    return sources
+
+
+class SourcesConfig(_Section):
+    smtp: SmtpSourceConfig = Field(default_factory=SmtpSourceConfig)
+    drop: DropSourceConfig = Field(default_factory=DropSourceConfig)
+    imap: list[ImapSourceConfig] = Field(default_factory=list)
+    graph: Annotated[list[GraphSourceConfig], AfterValidator(_unique_graph_names)] = Field(
+        default_factory=list
+    )
+
+    @model_validator(mode="after")
+    def _unique_imap_names(self) -> SourcesConfig:
+        names = [a.name for a in self.imap]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"IMAP account names must be unique: {', '.join(dupes)}")
+        return self
