@@ -24,6 +24,8 @@ EPILOG = """examples:
   mailingest eval ../shared/corpus          score extraction against *.truth.json files
   mailingest db upgrade                     create or migrate the database schema
   mailingest webhook-secret                 print a fresh whsec_ secret for a webhook endpoint
+  mailingest api-key create --name ci --scopes invoices:read,analytics:read
+                                            print a new API key (shown only this once)
 
 environment: MAILINGEST_CONFIG names the config file; MAILINGEST_SECTION__KEY=value overrides
 any config key (e.g. MAILINGEST_STORAGE__URL=postgresql://user@host/db).
@@ -217,6 +219,57 @@ def cmd_webhook_secret(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _scopes_arg(value: str) -> list[str]:
+    from mailingest.api.auth import check_scopes
+
+    try:
+        return check_scopes(value.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _duration_arg(value: str) -> float:
+    from mailingest.config_base import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def cmd_api_key(args: argparse.Namespace) -> int:
+    """Manage API keys in the configured database (the schema is brought up to date first)."""
+    from datetime import timedelta
+
+    from mailingest.api import auth
+    from mailingest.storage import db
+    from mailingest.storage.tables import utcnow
+
+    config = _config(args)
+    engine = db.make_engine(config.storage_url)
+    db.upgrade(engine)
+    with db.session_scope(engine) as session:
+        if args.action == "create":
+            expires = utcnow() + timedelta(seconds=args.expires) if args.expires else None
+            row, secret = auth.create_key(session, name=args.name, scopes=args.scopes, expires_at=expires)
+            print(secret)
+            print(
+                f"created {row.id} ({row.name}) with scopes {','.join(row.scopes)}; "
+                "the key is shown only now, store it safely",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            for key in auth.list_keys(session):
+                sys.stdout.write(json.dumps(key.model_dump(mode="json", exclude={"key_hash"})) + "\n")
+        else:
+            revoked = auth.revoke_key(session, args.id)
+            if revoked is None:
+                print(f"mailingest api-key: no key {args.id}", file=sys.stderr)
+                return 1
+            print(f"revoked {revoked.id}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args)
     print(config.model_dump_json(indent=2))
@@ -290,6 +343,26 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "webhook-secret", "print a new random whsec_ webhook signing secret", cmd_webhook_secret, config=False
     )
+    p = add("api-key", "create, list and revoke API keys for the REST API", cmd_api_key)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    config_arg: dict[str, Any] = {"metavar": "PATH", "default": argparse.SUPPRESS, "help": "TOML config file"}
+    action = actions.add_parser("create", help="create a key and print it (only this once)")
+    action.add_argument("--name", required=True, help="what the key is for, e.g. 'erp-export'")
+    action.add_argument(
+        "--scopes",
+        required=True,
+        type=_scopes_arg,
+        metavar="S1,S2",
+        help="comma-separated: invoices:read, invoices:write, invoices:approve, rules:write, "
+        "webhooks:manage, analytics:read, admin (admin implies all)",
+    )
+    action.add_argument("--expires", type=_duration_arg, metavar="DURATION", help="lifetime, e.g. 90d")
+    action.add_argument("--config", "-c", **config_arg)
+    action = actions.add_parser("list", help="print every key as a JSON line (never the secret)")
+    action.add_argument("--config", "-c", **config_arg)
+    action = actions.add_parser("revoke", help="revoke a key at once")
+    action.add_argument("id", metavar="ID", help="key id (key_...)")
+    action.add_argument("--config", "-c", **config_arg)
     add(
         "config",
         "validate the configuration and print it with defaults filled in (secrets redacted)",

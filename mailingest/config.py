@@ -56,6 +56,9 @@ class StorageConfig(_Section):
 class ApiConfig(_Section):
     enabled: bool = True
     listen: str = "127.0.0.1:8080"
+    # "loopback-open": callers on 127.0.0.1/::1 may read without a key while the API listens on
+    # loopback; a non-loopback listen address always means "required" (see mailingest.api.auth).
+    auth: Literal["required", "loopback-open"] = "loopback-open"
 
 
 class PipelineConfig(_Section):

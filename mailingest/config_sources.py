@@ -92,6 +92,62 @@ class ImapFilters(_Section):
     skipped_flag: str = Field(default="$MailingestSkipped", pattern=_IMAP_KEYWORD)  # for "flag"
 
 
+_MS_TOKEN_URL = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
+_GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+
+
+class ImapOAuth2(_Section):
+    """``[sources.imap.oauth2]``: where an IMAP account gets the access tokens it logs in with
+    (SASL XOAUTH2). With ``refresh_token`` the refresh-token flow runs (a mailbox user consented
+    once); without it, the client-credentials flow (an app registration with IMAP access to the
+    mailbox, Microsoft only). ``provider`` fills in the token endpoint and scope; ``token_url``
+    and ``scope`` override them (``custom`` needs ``token_url``)."""
+
+    provider: Literal["microsoft", "google", "custom"]
+    token_url: str | None = Field(default=None, pattern=r"^https?://")
+    tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]+$")  # Microsoft: GUID or domain
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef | None = None  # absent for public (native-app) clients
+    refresh_token: SecretRef | None = None
+    scope: str | None = None
+
+    @model_validator(mode="after")
+    def _endpoint_is_known(self) -> ImapOAuth2:
+        """Fail at load, not at the first login, when the flow cannot work as configured."""
+        if self.token_url is None:
+            if self.provider == "custom":
+                raise ValueError("provider 'custom' needs token_url")
+            if self.provider == "microsoft" and self.tenant is None and self.refresh_token is None:
+                raise ValueError("the client-credentials flow needs tenant (a tenant id or domain)")
+        if self.refresh_token is None:
+            if self.provider == "google":
+                raise ValueError("Google IMAP needs refresh_token (Gmail offers no client-credentials flow)")
+            if self.client_secret is None:
+                raise ValueError("the client-credentials flow (no refresh_token) needs client_secret")
+        return self
+
+    @property
+    def effective_token_url(self) -> str:
+        if self.token_url is not None:
+            return self.token_url
+        if self.provider == "google":
+            return _GOOGLE_TOKEN_URL
+        return _MS_TOKEN_URL.format(tenant=self.tenant or "common")  # "common": any work or personal account
+
+    @property
+    def effective_scope(self) -> str:
+        """The requested scope ("" = none sent; a custom server then applies its default)."""
+        if self.scope is not None:
+            return self.scope
+        if self.provider == "google":
+            return "https://mail.google.com/"
+        if self.provider == "microsoft":
+            if self.refresh_token is None:
+                return "https://outlook.office365.com/.default"
+            return "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
+        return ""
+
+
 class ImapSourceConfig(_Section):
     """One IMAP account (``[[sources.imap]]``); every folder gets its own connection."""
 
@@ -102,7 +158,9 @@ class ImapSourceConfig(_Section):
     security: Literal["tls", "starttls", "none"] = "tls"
     verify_certificate: bool = True
     username: str = Field(min_length=1)
-    password: SecretRef
+    auth: Literal["password", "oauth2"] = "password"
+    password: SecretRef | None = None  # for auth = "password"
+    oauth2: ImapOAuth2 | None = None  # for auth = "oauth2"
     folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
     idle: bool = True
     poll_interval: Duration = Field(default=60.0, gt=0)
@@ -121,6 +179,14 @@ class ImapSourceConfig(_Section):
     @property
     def effective_port(self) -> int:
         return self.port or (993 if self.security == "tls" else 143)
+
+    @model_validator(mode="after")
+    def _credentials_match_auth(self) -> ImapSourceConfig:
+        if self.auth == "password" and self.password is None:
+            raise ValueError('auth = "password" needs password')
+        if self.auth == "oauth2" and self.oauth2 is None:
+            raise ValueError('auth = "oauth2" needs a [sources.imap.oauth2] table')
+        return self
 
     @model_validator(mode="after")
     def _folders_are_consistent(self) -> ImapSourceConfig:

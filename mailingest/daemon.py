@@ -168,7 +168,7 @@ class Daemon:
 
         server = _ApiServer(
             uvicorn.Config(
-                create_app(self.engine, self.health),
+                create_app(self.engine, self.health, config=self.config),
                 log_level="warning",
                 access_log=False,
                 lifespan="off",

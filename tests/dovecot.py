@@ -65,7 +65,9 @@ def _identity() -> tuple[str, str]:
 class Dovecot:
     """One Dovecot instance; ``start()``/``stop()`` may be repeated (same port, same mail)."""
 
-    def __init__(self, *, extra_config: str = "", tls: bool = False) -> None:
+    def __init__(
+        self, *, extra_config: str = "", tls: bool = False, oauth2_introspection_url: str = ""
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="mi-dc-"))
         self.root.chmod(0o755)
         self.port = _free_port()
@@ -74,6 +76,7 @@ class Dovecot:
         self.user, self.password = USER, PASSWORD
         self.proc: subprocess.Popen[bytes] | None = None
         self.tls = tls
+        self.oauth2_introspection_url = oauth2_introspection_url
         self._write_config(extra_config)
 
     # -- server lifecycle ---------------------------------------------------------------------
@@ -94,6 +97,9 @@ class Dovecot:
                 check=True, capture_output=True,
             )  # fmt: skip
             ssl_conf = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}"
+        oauth2_conf = ""
+        if self.oauth2_introspection_url:
+            oauth2_conf = self._oauth2_passdb()
         self.config_path = self.root / "dovecot.conf"
         self.config_path.write_text(
             f"""
@@ -108,6 +114,7 @@ default_login_user = {user}
 default_internal_user = {user}
 default_internal_group = {group}
 mail_location = maildir:{mail}/%u
+{oauth2_conf}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.root}/users
@@ -133,6 +140,29 @@ auth_failure_delay = 0
 {extra}
 """
         )
+
+    def _oauth2_passdb(self) -> str:
+        """XOAUTH2/OAUTHBEARER checked by Dovecot's oauth2 passdb, which POSTs each bearer token
+        to ``oauth2_introspection_url`` (RFC 7662 style: ``token=...``) and accepts it when the
+        JSON answer has ``"active": true`` and ``"username"`` equal to the login name. The
+        passwd-file passdb stays for PLAIN, so the helper client below still logs in by password."""
+        ext = self.root / "dovecot-oauth2.conf.ext"
+        ext.write_text(
+            f"introspection_mode = post\n"
+            f"introspection_url = {self.oauth2_introspection_url}\n"
+            "force_introspection = yes\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n"
+            "timeout_msecs = 5000\n"
+        )
+        ext.chmod(0o644)
+        return f"""auth_mechanisms = plain xoauth2 oauthbearer
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {ext}
+}}"""
 
     def start(self, timeout: float = 15.0) -> None:
         log = open(self.root / "stdout.log", "ab")  # noqa: SIM115 - kept open for the process

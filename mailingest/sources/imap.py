@@ -41,6 +41,7 @@ from sqlmodel import col, func, select
 from mailingest.config import ImapAfterProcessing, ImapOnFailure, ImapSourceConfig
 from mailingest.errors import MailingestError
 from mailingest.ledger import Ledger
+from mailingest.oauth import TokenProvider
 from mailingest.sources.base import Sink
 from mailingest.sources.filters import decide, summarise
 from mailingest.sources.imap_session import (
@@ -123,8 +124,16 @@ def outcomes(
 class FolderWatcher:
     """Owns one connection to one folder of one account, in its own thread."""
 
-    def __init__(self, config: ImapSourceConfig, folder: str, sink: Sink, engine: Engine) -> None:
+    def __init__(
+        self,
+        config: ImapSourceConfig,
+        folder: str,
+        sink: Sink,
+        engine: Engine,
+        tokens: TokenProvider | None = None,
+    ) -> None:
         self.config = config
+        self.tokens = tokens  # the account's, shared by its folders; None: password login
         self.folder = folder
         self.mailbox = f"{config.name}/{folder}"
         self.sink = sink
@@ -149,7 +158,7 @@ class FolderWatcher:
         while not self.stopping.is_set():
             self._cycle_ok = False
             try:
-                session = connect(self.config, self.config.password.get())
+                session = connect(self.config, self._credential())
             except MailingestError as exc:
                 self.log.error("imap connection failed; will retry", error=exc.detail, retry_in=delay)
             else:
@@ -170,6 +179,12 @@ class FolderWatcher:
             if self.stopping.wait(delay):
                 break
             delay = min(delay * 2, self.config.reconnect_max)
+
+    def _credential(self) -> str | TokenProvider:
+        if self.tokens is not None:
+            return self.tokens
+        assert self.config.password is not None  # the config requires it for password auth
+        return self.config.password.get()
 
     def _serve(self, session: ImapSession) -> None:
         """Loop until stopped: (re)select, take new mail, post-process, wait.
@@ -374,11 +389,21 @@ class ImapSource:
         self.name = f"imap:{config.name}"
         self.ledger = ledger
         self.watchers: list[FolderWatcher] = []
+        self.tokens: TokenProvider | None = None
 
     def start(self, sink: Sink) -> None:
-        """Start watching; a password that cannot be read stops the daemon's start (ConfigError)."""
+        """Start watching; a secret that cannot be read stops the daemon's start (ConfigError).
+
+        OAuth2 token trouble does not: the token endpoint may be down or the refresh token
+        revoked, and the watchers retry (and log why) until it works again."""
         cfg = self.config
-        cfg.password.get()
+        if cfg.oauth2 is not None and cfg.auth == "oauth2":
+            for secret in (cfg.oauth2.client_secret, cfg.oauth2.refresh_token):
+                if secret is not None:
+                    secret.get()
+            self.tokens = TokenProvider(cfg.name, cfg.oauth2, timeout=cfg.connect_timeout)
+        elif cfg.password is not None:
+            cfg.password.get()
         if not cfg.verify_certificate and cfg.security != "none":
             log.warning(
                 "IMAP CERTIFICATE VERIFICATION IS OFF: anyone on the network path can read this "
@@ -389,7 +414,7 @@ class ImapSource:
         if cfg.security == "none" and not _is_loopback(cfg.host):
             log.warning("IMAP without TLS: the password crosses the network in clear", account=cfg.name)
         for folder in cfg.folders:
-            watcher = FolderWatcher(cfg, folder, sink, self.ledger.engine)
+            watcher = FolderWatcher(cfg, folder, sink, self.ledger.engine, self.tokens)
             self.watchers.append(watcher)
             watcher.thread.start()
         log.info(
@@ -413,4 +438,8 @@ class ImapSource:
             if watcher.thread.is_alive():
                 watcher.interrupt()
                 watcher.thread.join(timeout=1.0)
+        finished = not any(watcher.thread.is_alive() for watcher in self.watchers)
         self.watchers.clear()
+        if self.tokens is not None and finished:  # one stuck in a token request may still use it
+            self.tokens.close()
+        self.tokens = None

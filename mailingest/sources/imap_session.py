@@ -20,6 +20,7 @@ from imapclient.exceptions import IMAPClientError, LoginError
 
 from mailingest.config import ImapSourceConfig
 from mailingest.errors import SourceError
+from mailingest.oauth import TokenProvider
 
 UID_CHUNK = 500  # UIDs per command: keeps command lines far below servers' limits (Dovecot: 64 KiB)
 # Bytes of bodies fetched per round trip, so a batch of big mails never sits in memory at once.
@@ -223,8 +224,20 @@ class ImapSession:
             self._client.socket().shutdown(socket.SHUT_RDWR)
 
 
-def connect(config: ImapSourceConfig, password: str) -> ImapSession:
-    """Connect (TLS, STARTTLS or plain), log in; the caller owns the returned session."""
+def _oauth2_login(client: Any, username: str, tokens: TokenProvider) -> None:
+    """SASL XOAUTH2 with a cached token; if the server refuses it (revoked early, or the server
+    clock says expired), the token is dropped and one fresh token gets one more try."""
+    token = tokens.token()
+    try:
+        client.oauth2_login(username, token)
+    except LoginError:
+        tokens.invalidate(token)
+        client.oauth2_login(username, tokens.token())
+
+
+def connect(config: ImapSourceConfig, credential: str | TokenProvider) -> ImapSession:
+    """Connect (TLS, STARTTLS or plain), log in with a password or an OAuth2 access token (SASL
+    XOAUTH2); the caller owns the returned session."""
     port = config.effective_port
     label = f"imap account {config.name} ({config.host}:{port})"
     client: Any = None
@@ -239,12 +252,17 @@ def connect(config: ImapSourceConfig, password: str) -> ImapSession:
         )
         if config.security == "starttls":
             client.starttls(context)
-        client.login(config.username, password)
+        if isinstance(credential, TokenProvider):
+            _oauth2_login(client, config.username, credential)
+        else:
+            client.login(config.username, credential)
         return ImapSession(client, label)
-    except (IMAPClientError, OSError) as exc:
+    except (IMAPClientError, OSError, SourceError) as exc:
         if client is not None:
             with contextlib.suppress(IMAPClientError, OSError):
                 client.shutdown()
+        if isinstance(exc, SourceError):  # from the token endpoint: already says what and why
+            raise
         raise SourceError(f"{label}: cannot connect: {_reason(exc)}") from exc
 
 

@@ -209,3 +209,40 @@ class ConnectorState(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=100)
     disabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     disabled_reason: str | None = Field(default=None, max_length=500)
+
+
+class ApiKey(SQLModel, table=True):
+    """A scoped credential for the REST API. Only the SHA-256 of the secret is stored: a leaked
+    database does not leak working keys. ``prefix`` (the key's first 8 characters) is kept so
+    people can tell their keys apart in ``mailingest api-key list``."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=40)  # key_...
+    name: str = Field(max_length=200)
+    prefix: str = Field(max_length=8)
+    key_hash: str = Field(max_length=64, unique=True)  # sha256 hex of the whole key
+    scopes: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts()
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The stored response of a POST made with an ``Idempotency-Key`` (kept 24 h), per API key.
+
+    Written in the same transaction as the change it answers, so a retry either finds it and
+    replays the response or finds nothing changed; ``fingerprint`` (method, path, body hash)
+    catches a key reused for a different request."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("actor", "key", name="uq_idempotency_keys_actor_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    actor: str = Field(max_length=200)
+    key: str = Field(max_length=200)
+    fingerprint: str = Field(max_length=64)
+    status_code: int
+    body: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts(index=True)
