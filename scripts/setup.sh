@@ -5,15 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
 
-# Debian packages the daemon or the test suite use (binary → package).
+# Debian packages the daemon or the test suite use (binary → space-separated packages).
 declare -A debs=(
   [dovecot]=dovecot-imapd
   [openssl]=openssl  # the IMAP tests make a self-signed certificate for Dovecot
+  # OCR of scans and photos; the language packs the OCR extractor uses when installed.
+  [tesseract]="tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu tesseract-ocr-fra tesseract-ocr-spa tesseract-ocr-ita tesseract-ocr-nld"
 )
 
 missing=()
 for bin in "${!debs[@]}"; do
-  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${debs[$bin]}")
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || { read -ra pkgs <<<"${debs[$bin]}"; missing+=("${pkgs[@]}"); }
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"

@@ -42,10 +42,11 @@ def registry() -> list[Extractor]:
 
 
 def _load_builtin() -> None:
-    from mailingest.pipeline.extractors import einvoice, pdf_text
+    from mailingest.pipeline.extractors import einvoice, ocr, pdf_text
 
     register(einvoice.EInvoiceExtractor())
     register(pdf_text.PdfTextExtractor())
+    register(ocr.OcrExtractor())
     for ep in entry_points(group="mailingest.extractors"):
         register(ep.load()())
 

@@ -21,6 +21,7 @@ from lxml import etree
 from mailingest.documents import Document
 from mailingest.errors import EncryptedDocument, InputError, MalformedDocument, UnsupportedDocument
 from mailingest.models import Extraction, Invoice, Source, SourceFile
+from mailingest.pdfium import LOCK as pdfium_lock
 from mailingest.pipeline.detect import Kind, detect
 from mailingest.pipeline.extractors import cii, ubl
 from mailingest.pipeline.extractors.xmlfields import Element, Reader
@@ -41,7 +42,6 @@ _ROOTS: tuple[tuple[str, frozenset[str], Syntax], ...] = (
 _PDFIUM_PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
 
 # PDFium is not thread-safe, not even across documents; serialise this module's calls into it.
-_PDFIUM_LOCK = threading.Lock()
 
 
 class EInvoiceExtractor:
@@ -111,7 +111,7 @@ def find_embedded_invoice(pdf_data: bytes) -> Element | None:
 def _xml_attachments(pdf_data: bytes) -> list[bytes]:
     """``*.xml`` attachments of the PDF, the standard invoice names first, then document order."""
     found: list[tuple[str, bytes]] = []
-    with _PDFIUM_LOCK:
+    with pdfium_lock:
         try:
             pdf = pdfium.PdfDocument(pdf_data)
         except pdfium.PdfiumError as exc:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import re
-import threading
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from pdfminer.pdfparser import PDFParser
 from mailingest.documents import Document
 from mailingest.errors import DocumentTooLarge, EncryptedDocument, MalformedDocument, UnsupportedDocument
 from mailingest.models import Invoice, Source, SourceFile
+from mailingest.pdfium import LOCK as pdfium_lock
 from mailingest.pipeline.detect import Kind
 from mailingest.pipeline.extractors.pdf_fields import EXTRACTOR, extract_invoice
 from mailingest.pipeline.extractors.pdf_layout import TextLine
@@ -50,7 +50,6 @@ _LAPARAMS = LAParams(boxes_flow=None, all_texts=True)
 lays out text drawn inside form XObjects, which some generators put whole pages into."""
 _CID = re.compile(r"\(cid:\d+\)")
 log = structlog.get_logger(__name__)
-_PDFIUM_LOCK = threading.Lock()
 
 
 class _BudgetExceeded(Exception):
@@ -206,7 +205,7 @@ def _read_pdfium(data: bytes, max_pages: int, budget: _Budget) -> TextLayer:
 
     PDFium keeps global state and is not thread-safe, hence the lock.
     """
-    with _PDFIUM_LOCK:
+    with pdfium_lock:
         return _read_pdfium_locked(data, max_pages, budget)
 
 
@@ -272,6 +271,31 @@ def read_text_layer(
     return layer
 
 
+def has_text_layer(data: bytes, max_pages: int = 10) -> bool:
+    """Whether any of the first pages carries text, by PDFium's quick text dump (~2 ms a page).
+
+    ``False`` only for a PDF PDFium opens and finds no text in (a scan): a PDF it cannot open
+    counts as text so that ``read_text_layer`` reports why (encrypted, malformed).
+    """
+    with pdfium_lock:
+        try:
+            pdf = pdfium.PdfDocument(data)
+        except pdfium.PdfiumError:
+            return True
+        try:
+            for index in range(min(len(pdf), max_pages)):
+                page = pdf[index]
+                textpage = page.get_textpage()
+                found = bool(textpage.get_text_range().strip())
+                textpage.close()
+                page.close()
+                if found:
+                    return True
+            return False
+        finally:
+            pdf.close()
+
+
 def _fallback(data: bytes, label: str, max_pages: int, budget: _Budget, cause: Exception) -> TextLayer:
     """Second opinion from PDFium on a file pdfminer cannot parse; maps failure to our errors."""
     try:
@@ -300,7 +324,8 @@ class PdfTextExtractor:
         self.time_budget = time_budget
 
     def accepts(self, doc: Document, kind: Kind) -> bool:
-        return kind == "pdf"
+        """PDFs, except readable ones without any text, which are left to the OCR extractor."""
+        return kind == "pdf" and has_text_layer(doc.data)
 
     def extract(self, doc: Document) -> list[Invoice]:
         """The invoice printed in ``doc``; ``[]`` for a readable PDF that is not an invoice."""

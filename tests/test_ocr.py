@@ -1,0 +1,133 @@
+"""OCR extractor against real Tesseract: a rendered project invoice as PNG, scanned PDF and TIFF."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+import zlib
+from decimal import Decimal
+from pathlib import Path
+
+import pypdfium2 as pdfium
+import pytest
+from PIL import Image
+
+from mailingest.documents import Document
+from mailingest.errors import DocumentTooLarge, MalformedDocument
+from mailingest.pipeline.extractors import extract_document
+from mailingest.pipeline.extractors.ocr import OcrExtractor, installed_languages
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pdf" / "de-buerobedarf.pdf"
+
+
+@pytest.fixture(scope="module")
+def truth() -> dict[str, object]:
+    data: dict[str, object] = json.loads(FIXTURE.with_name(FIXTURE.name + ".truth.json").read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def page_image() -> Image.Image:
+    """Page 1 of a generated invoice at 300 dpi, grey, as a scanner would deliver it."""
+    pdf = pdfium.PdfDocument(FIXTURE.read_bytes())
+    try:
+        return pdf[0].render(scale=300 / 72, grayscale=True).to_pil().convert("L")
+    finally:
+        pdf.close()
+
+
+def _encode(image: Image.Image | list[Image.Image], fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if isinstance(image, list):
+        image[0].save(
+            buf, fmt, save_all=True, append_images=image[1:], dpi=(300, 300), compression="tiff_deflate"
+        )
+    else:
+        image.save(buf, fmt, resolution=300)
+    return buf.getvalue()
+
+
+def _assert_key_fields(doc: Document, truth: dict[str, object]) -> None:
+    name, invoices = extract_document(doc)
+    assert name == "ocr"
+    [invoice] = invoices
+    totals = truth["totals"]
+    assert isinstance(totals, dict)
+    assert invoice.number == truth["number"]
+    assert str(invoice.issue_date) == truth["issue_date"]
+    assert str(invoice.due_date) == truth["due_date"]
+    assert invoice.totals is not None
+    assert invoice.totals.tax_inclusive == Decimal(totals["tax_inclusive"])
+    assert invoice.totals.tax_exclusive == Decimal(totals["tax_exclusive"])
+    assert invoice.source is not None and invoice.source.format == "ocr"
+    assert invoice.extraction is not None and invoice.extraction.extractor == "ocr"
+    number_info = invoice.extraction.fields["/number"]
+    assert 0 < number_info.confidence < 1  # scaled by Tesseract's own confidence
+
+
+def test_languages_detected_once() -> None:
+    assert {"eng", "deu"} <= installed_languages()
+
+
+def test_png_scan_reads_key_fields(page_image: Image.Image, truth: dict[str, object]) -> None:
+    _assert_key_fields(Document(_encode(page_image, "PNG"), "scan.png", "image/png"), truth)
+
+
+def test_pdf_without_text_goes_to_ocr(page_image: Image.Image, truth: dict[str, object]) -> None:
+    """A scanner's PDF: one image per page, no text layer; pdf_text must step aside."""
+    data = _encode(page_image, "PDF")
+    assert b"%PDF-" in data[:16]
+    _assert_key_fields(Document(data, "scan.pdf", "application/pdf"), truth)
+
+
+def test_multi_page_tiff_reads_every_page(page_image: Image.Image) -> None:
+    """A blank cover sheet first: the invoice on page 2 must still be found."""
+    blank = Image.new("L", page_image.size, 255)
+    # A copy: Pillow 13 leaves state on an image saved as PDF that breaks a later TIFF save of it.
+    doc = Document(_encode([blank, page_image.copy()], "TIFF"), "fax.tif", "image/tiff")
+    lines = OcrExtractor().read_lines(doc)
+    assert lines and {ocr.line.page for ocr in lines} == {2}
+    assert any("RE-2024-0815" in ocr.line.text for ocr in lines)
+    # PDF orientation: the title near the top of the page has the larger y.
+    title = next(o.line for o in lines if "Rechnung" in o.line.text)
+    iban = next(o.line for o in lines if "IBAN" in o.line.text)
+    assert title.y0 > iban.y1
+
+
+def test_skewed_scan_is_straightened(page_image: Image.Image) -> None:
+    tilted = page_image.rotate(3, expand=True, fillcolor=255)
+    doc = Document(_encode(tilted, "PNG"), "tilted.png", "image/png")
+    texts = [ocr.line.text for ocr in OcrExtractor().read_lines(doc)]
+    assert any("RE-2024-0815" in text for text in texts)
+
+
+def test_corrupt_png_is_malformed(page_image: Image.Image) -> None:
+    data = _encode(page_image.resize((200, 280)), "PNG")
+    broken = data[:200] + bytes(len(data) - 200)  # header intact, compressed pixels zeroed
+    with pytest.raises(MalformedDocument):
+        OcrExtractor().extract(Document(broken, "broken.png", "image/png"))
+    with pytest.raises(MalformedDocument):
+        OcrExtractor().extract(Document(b"\x89PNG\r\n\x1a\nnot really", "stub.png", "image/png"))
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_decompression_bomb_refused_quickly() -> None:
+    """A 100 kB file declaring 60000x60000 pixels is refused from its header, not decoded."""
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0))
+    pixels = _png_chunk(b"IDAT", zlib.compress(bytes(60_001 * 2)))
+    bomb = b"\x89PNG\r\n\x1a\n" + header + pixels + _png_chunk(b"IEND", b"")
+    started = time.monotonic()
+    with pytest.raises(DocumentTooLarge):
+        OcrExtractor().extract(Document(bomb, "bomb.png", "image/png"))
+    assert time.monotonic() - started < 1.0
+
+
+def test_time_budget_exceeded_is_too_large(page_image: Image.Image) -> None:
+    doc = Document(_encode(page_image, "PNG"), "slow.png", "image/png")
+    with pytest.raises(DocumentTooLarge):
+        OcrExtractor(time_budget=0.05).extract(doc)
