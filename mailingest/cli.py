@@ -26,6 +26,7 @@ EPILOG = """examples:
   mailingest webhook-secret                 print a fresh whsec_ secret for a webhook endpoint
   mailingest api-key create --name ci --scopes invoices:read,analytics:read
                                             print a new API key (shown only this once)
+  mailingest auth ap-mailbox                sign a mailbox in (OAuth2 device code), store its token
 
 environment: MAILINGEST_CONFIG names the config file; MAILINGEST_SECTION__KEY=value overrides
 any config key (e.g. MAILINGEST_STORAGE__URL=postgresql://user@host/db).
@@ -270,6 +271,12 @@ def cmd_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth(args: argparse.Namespace) -> int:
+    from mailingest.auth_cli import run
+
+    return run(args)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args)
     print(config.model_dump_json(indent=2))
@@ -363,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     action = actions.add_parser("revoke", help="revoke a key at once")
     action.add_argument("id", metavar="ID", help="key id (key_...)")
     action.add_argument("--config", "-c", **config_arg)
+    p = add(
+        "auth",
+        "authorise an OAuth2 IMAP account (device-code flow) and store its refresh token encrypted",
+        cmd_auth,
+    )
+    p.add_argument("account", nargs="?", metavar="ACCOUNT", help="name of the [[sources.imap]] account")
+    p.add_argument("--new-key", action="store_true", help="print a new token_key (Fernet key) and exit")
     add(
         "config",
         "validate the configuration and print it with defaults filled in (secrets redacted)",

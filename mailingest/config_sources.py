@@ -12,11 +12,45 @@ from pydantic import AfterValidator, Field, model_validator
 from mailingest.config_base import Duration, SecretRef, _Section
 
 
+def _recipient_pattern(pattern: str) -> str:
+    """A recipient entry is a whole address or ``*@domain``; anything else (a bare domain, a
+    glob elsewhere) would silently never match, so it is refused at load time."""
+    local, at, domain = pattern.strip().lower().rpartition("@")
+    if not at or not local or not domain or "*" in domain or ("*" in local and local != "*"):
+        raise ValueError(f"{pattern!r} is not an address or '*@domain'")
+    return f"{local}@{domain}"
+
+
 class SmtpSourceConfig(_Section):
+    """The SMTP receiver. ``250`` means durably stored: a burst is slowed down (at most
+    ``max_concurrent`` messages are being committed at once), never dropped."""
+
     enabled: bool = True
     listen: str = "127.0.0.1:2525"
     max_message_bytes: int = Field(default=26_214_400, gt=0)
     mailbox: str = "smtp"
+    # empty = any recipient; otherwise addresses or "*@domain", case-insensitive (550 for others)
+    allowed_recipients: list[Annotated[str, AfterValidator(_recipient_pattern)]] = []
+    tls_cert: Path | None = None  # with tls_key: STARTTLS is offered
+    tls_key: Path | None = None
+    require_tls: bool = False  # refuse MAIL (530) until the client issued STARTTLS
+    auth_users: dict[str, SecretRef] = {}  # username → password secret; when set, AUTH is required
+    allow_auth_without_tls: bool = False  # AUTH over plain text (loopback/tests only)
+    max_concurrent: int = Field(default=16, gt=0)  # messages committed at once; more wait
+
+    @model_validator(mode="after")
+    def _coherent_security(self) -> SmtpSourceConfig:
+        """Refuse combinations that would make every client fail at run time instead."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key are set together (both or neither)")
+        if self.require_tls and self.tls_cert is None:
+            raise ValueError("require_tls needs tls_cert and tls_key")
+        if self.auth_users and self.tls_cert is None and not self.allow_auth_without_tls:
+            raise ValueError(
+                "auth_users needs TLS (tls_cert and tls_key) so passwords are not sent in clear; "
+                "set allow_auth_without_tls = true only for loopback"
+            )
+        return self
 
 
 class DropSourceConfig(_Section):
@@ -94,6 +128,8 @@ class ImapFilters(_Section):
 
 _MS_TOKEN_URL = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
 _GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+_MS_DEVICE_URL = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode"
+_GOOGLE_DEVICE_URL = "https://oauth2.googleapis.com/device/code"
 
 
 class ImapOAuth2(_Section):
@@ -101,7 +137,12 @@ class ImapOAuth2(_Section):
     (SASL XOAUTH2). With ``refresh_token`` the refresh-token flow runs (a mailbox user consented
     once); without it, the client-credentials flow (an app registration with IMAP access to the
     mailbox, Microsoft only). ``provider`` fills in the token endpoint and scope; ``token_url``
-    and ``scope`` override them (``custom`` needs ``token_url``)."""
+    and ``scope`` override them (``custom`` needs ``token_url``).
+
+    ``token_key`` (a Fernet key) turns on the encrypted token store
+    (``<data_dir>/tokens/<account>.json.enc``, see ``mailingest.token_store``): rotated refresh
+    tokens survive a restart, and ``mailingest auth ACCOUNT`` (device-code flow, endpoint from
+    ``provider`` or ``device_code_url``) can put one there, so ``refresh_token`` may be left out."""
 
     provider: Literal["microsoft", "google", "custom"]
     token_url: str | None = Field(default=None, pattern=r"^https?://")
@@ -110,6 +151,13 @@ class ImapOAuth2(_Section):
     client_secret: SecretRef | None = None  # absent for public (native-app) clients
     refresh_token: SecretRef | None = None
     scope: str | None = None
+    token_key: SecretRef | None = None  # Fernet key of the encrypted token store
+    device_code_url: str | None = Field(default=None, pattern=r"^https?://")  # for `mailingest auth`
+
+    @property
+    def uses_refresh_token(self) -> bool:
+        """The refresh-token flow runs when a token is configured or may be in the token store."""
+        return self.refresh_token is not None or self.token_key is not None
 
     @model_validator(mode="after")
     def _endpoint_is_known(self) -> ImapOAuth2:
@@ -117,13 +165,17 @@ class ImapOAuth2(_Section):
         if self.token_url is None:
             if self.provider == "custom":
                 raise ValueError("provider 'custom' needs token_url")
-            if self.provider == "microsoft" and self.tenant is None and self.refresh_token is None:
+            if self.provider == "microsoft" and self.tenant is None and not self.uses_refresh_token:
                 raise ValueError("the client-credentials flow needs tenant (a tenant id or domain)")
-        if self.refresh_token is None:
+        if not self.uses_refresh_token:
             if self.provider == "google":
-                raise ValueError("Google IMAP needs refresh_token (Gmail offers no client-credentials flow)")
+                raise ValueError(
+                    "Google IMAP needs refresh_token or token_key (Gmail offers no client-credentials flow)"
+                )
             if self.client_secret is None:
-                raise ValueError("the client-credentials flow (no refresh_token) needs client_secret")
+                raise ValueError(
+                    "the client-credentials flow (no refresh_token, no token_key) needs client_secret"
+                )
         return self
 
     @property
@@ -142,10 +194,21 @@ class ImapOAuth2(_Section):
         if self.provider == "google":
             return "https://mail.google.com/"
         if self.provider == "microsoft":
-            if self.refresh_token is None:
+            if not self.uses_refresh_token:
                 return "https://outlook.office365.com/.default"
             return "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
         return ""
+
+    @property
+    def effective_device_code_url(self) -> str | None:
+        """The RFC 8628 device authorization endpoint (None: ``custom`` without ``device_code_url``)."""
+        if self.device_code_url is not None:
+            return self.device_code_url
+        if self.provider == "google":
+            return _GOOGLE_DEVICE_URL
+        if self.provider == "microsoft":
+            return _MS_DEVICE_URL.format(tenant=self.tenant or "common")
+        return None
 
 
 class ImapSourceConfig(_Section):

@@ -95,7 +95,9 @@ class Daemon:
         if src.smtp.enabled:
             smtp = SmtpSource(src.smtp)
             self.sources.append(smtp)
-        self.sources.extend(ImapSource(account, self.ledger) for account in src.imap if account.enabled)
+        self.sources.extend(
+            ImapSource(account, self.ledger, self.config.data_dir) for account in src.imap if account.enabled
+        )
         self.sources.extend(GraphSource(g, self.ledger, self.config.data_dir) for g in src.graph if g.enabled)
         for source in self.sources:
             source.start(self.ledger.accept)

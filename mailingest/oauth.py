@@ -7,12 +7,13 @@ answer. A token is cached and fetched anew a minute (or half its lifetime, if sh
 
 Two flows, chosen by the config:
 
-* **refresh token** — a mailbox user consented once (outside mailingest, for now) and the
-  resulting refresh token is a secret in the config. Providers may rotate it: a new
-  ``refresh_token`` in the answer replaces the old one **in memory only** — if the daemon
-  restarts before the secret is updated, the configured token is used again, which Microsoft and
-  Google accept until it is revoked or expires. Persisting rotated tokens (encrypted at rest) is
-  a follow-up. A revoked or expired refresh token (``invalid_grant``) cannot heal by retrying:
+* **refresh token** — a mailbox user consented once, and the resulting refresh token is a
+  secret in the config and/or in the encrypted token store (``mailingest.token_store``, filled
+  by ``mailingest auth ACCOUNT``). A stored token wins while it is newer than the configured one.
+  Providers may rotate it: a new ``refresh_token`` in the answer is written back to the store;
+  without a store (or when writing fails) it is kept in memory only, and after a restart the
+  configured token is used again, which Microsoft and Google accept until it is revoked or
+  expires. A revoked or expired refresh token (``invalid_grant``) cannot heal by retrying:
   it is logged at error level once per occurrence (the watchers keep retrying with backoff and
   pick up a re-authorised token from the secret without a restart). A ``refresh_token_expires_in``
   under ``REFRESH_WARN_BEFORE`` is warned about at every refresh, so the outage is announced.
@@ -33,6 +34,7 @@ import structlog
 from mailingest.config_base import Secret
 from mailingest.config_sources import ImapOAuth2
 from mailingest.errors import ConfigError, SourceError
+from mailingest.token_store import TokenStore, fingerprint
 
 log = structlog.get_logger("mailingest.oauth")
 
@@ -56,17 +58,21 @@ def _oauth_error(response: httpx.Response) -> tuple[str, str]:
 class TokenProvider:
     """Access tokens for one account; ``token()`` is safe to call from several threads."""
 
-    def __init__(self, account: str, config: ImapOAuth2, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, account: str, config: ImapOAuth2, *, timeout: float = 30.0, store: TokenStore | None = None
+    ) -> None:
         self.account = account
         self.config = config
+        self.store = store
         self.url = config.effective_token_url
         self._http = httpx.Client(timeout=timeout)
         self._lock = threading.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
-        # (configured refresh token it replaced, rotated refresh token): the rotated one is used
-        # only while the secret still holds the token it replaced, so a re-authorised secret wins.
-        self._rotated: tuple[str, str] | None = None
+        # (configured refresh token it replaced, rotated refresh token), when it could not be
+        # stored: used only while the secret still holds the token it replaced, so a
+        # re-authorised secret wins.
+        self._rotated: tuple[str | None, str] | None = None
         self._revoked_logged = False
 
     def close(self) -> None:
@@ -87,26 +93,47 @@ class TokenProvider:
             assert self._token is not None
             return self._token
 
-    def _form(self) -> tuple[dict[str, str], str | None]:
-        """The token request and the configured refresh token it is based on (None: client credentials)."""
+    def _refresh_token(self, configured: str | None) -> str:
+        """The newest refresh token: rotated in memory, else stored, else configured. The store
+        is read every time, so a `mailingest auth` run reaches a running daemon."""
+        rotated = self._rotated
+        if rotated and rotated[0] == configured:
+            return rotated[1]
+        if self.store is not None:
+            try:
+                stored = self.store.load()
+            except ConfigError as exc:  # wrong key or damaged file: the watchers retry and log it
+                raise SourceError(f"imap account {self.account}: {exc.detail}") from exc
+            if stored is not None and stored.supersedes(configured):
+                return stored.refresh_token
+        if configured is None:
+            where = self.store.path if self.store is not None else "the token store"
+            raise SourceError(
+                f"imap account {self.account}: no refresh token in {where} and none configured; "
+                f"run `mailingest auth {self.account}`"
+            )
+        return configured
+
+    def _form(self) -> tuple[dict[str, str], str | None, bool]:
+        """The token request, the configured refresh token it is based on, and whether it is the
+        refresh-token flow (else client credentials)."""
         cfg = self.config
         form = {"client_id": cfg.client_id}
         if cfg.client_secret is not None:
             form["client_secret"] = _read(cfg.client_secret)  # read every time: rotation needs no restart
-        configured = None
-        if cfg.refresh_token is not None:
-            configured = _read(cfg.refresh_token)
-            rotated = self._rotated
+        configured = _read(cfg.refresh_token) if cfg.refresh_token is not None else None
+        refreshing = cfg.uses_refresh_token
+        if refreshing:
             form["grant_type"] = "refresh_token"
-            form["refresh_token"] = rotated[1] if rotated and rotated[0] == configured else configured
+            form["refresh_token"] = self._refresh_token(configured)
         else:
             form["grant_type"] = "client_credentials"
         if cfg.effective_scope:
             form["scope"] = cfg.effective_scope
-        return form, configured
+        return form, configured, refreshing
 
     def _fetch(self) -> None:
-        form, configured = self._form()
+        form, configured, refreshing = self._form()
         what = f"imap account {self.account}: OAuth2 token request to {self.url}"
         try:
             response = self._http.post(self.url, data=form, headers={"Accept": "application/json"})
@@ -114,10 +141,11 @@ class TokenProvider:
             raise SourceError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
             code, text = _oauth_error(response)
-            if code == "invalid_grant" and configured is not None:
+            if code == "invalid_grant" and refreshing:
                 detail = (
                     f"{what} refused the refresh token ({text}): it was revoked or has expired; "
-                    "re-authorise the mailbox and put the new refresh token into the configured secret"
+                    "re-authorise the mailbox (`mailingest auth ACCOUNT`, or put a new refresh token into "
+                    "the configured secret)"
                 )
                 if not self._revoked_logged:
                     log.error("oauth2 refresh token rejected; re-authorisation needed", account=self.account,
@@ -137,11 +165,30 @@ class TokenProvider:
         self._refresh_at = time.monotonic() + lifetime - min(60.0, lifetime / 2)
         self._revoked_logged = False
         new_refresh = body.get("refresh_token")
-        if configured is not None and isinstance(new_refresh, str) and new_refresh != form["refresh_token"]:
-            self._rotated = (configured, new_refresh)
-            log.info("oauth2 refresh token rotated; kept in memory only", account=self.account)
+        if refreshing and isinstance(new_refresh, str) and new_refresh != form["refresh_token"]:
+            self._keep_rotated(configured, new_refresh)
         log.info("oauth2 token obtained", account=self.account, expires_in=lifetime)
         self._warn_if_refresh_expiring(body)
+
+    def _keep_rotated(self, configured: str | None, new_refresh: str) -> None:
+        """Write a rotated token back to the store; in memory when there is none or it fails,
+        because the login that brought it has worked and must not fail afterwards."""
+        based_on = fingerprint(configured) if configured is not None else None
+        if self.store is not None:
+            try:
+                self.store.save(new_refresh, based_on=based_on)
+            except (OSError, ConfigError) as exc:
+                detail = exc.detail if isinstance(exc, ConfigError) else str(exc)
+                log.error("oauth2 rotated refresh token not stored; kept in memory", account=self.account,
+                          file=str(self.store.path), error=detail)  # fmt: skip
+            else:
+                self._rotated = None
+                log.info("oauth2 refresh token rotated; stored encrypted", account=self.account,
+                         file=str(self.store.path))  # fmt: skip
+                return
+        else:
+            log.info("oauth2 refresh token rotated; kept in memory only", account=self.account)
+        self._rotated = (configured, new_refresh)
 
     def _warn_if_refresh_expiring(self, body: dict[str, Any]) -> None:
         try:
