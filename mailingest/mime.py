@@ -29,7 +29,14 @@ from email.message import Message
 from mailparser.utils import decode_base64_payload
 
 from mailingest.documents import Document
-from mailingest.errors import DocumentTooLarge, HostileDocument, InputError, MalformedDocument, MimeError
+from mailingest.errors import (
+    DocumentTooLarge,
+    HostileDocument,
+    InputError,
+    MalformedDocument,
+    MimeError,
+    UnsupportedDocument,
+)
 from mailingest.mime_archive import Refused, read_tnef, read_zip, safe_filename, safe_member_path
 from mailingest.mime_headers import (
     STDLIB_ERRORS,
@@ -43,6 +50,7 @@ from mailingest.mime_headers import (
     read_part_headers,
     transfer_encoding,
 )
+from mailingest.mime_msg import read_msg
 from mailingest.pipeline.detect import detect
 
 __all__ = ["MessageMeta", "Unpacked", "looks_like_message", "unpack_message", "wrap_file"]
@@ -72,6 +80,9 @@ _NESTED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 _TEXT_CTES = frozenset({"7bit", "8bit", "binary"})
 _KNOWN_CTES = _TEXT_CTES | {"base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"}
 _CONTAINER_SUFFIXES = (".docx", ".docm", ".xlsx", ".xlsm", ".pptx", ".odt", ".ods", ".odp", ".epub", ".jar")
+_OLE_OFFICE_SUFFIXES = (".doc", ".dot", ".xls", ".xlt", ".ppt", ".pps", ".vsd", ".pub", ".msi")
+"""OLE2 like .msg, but documents in their own right: kept whole, not opened as Outlook mail."""
+_ARCHIVE_READERS = {"zip": read_zip, "tnef": read_tnef, "msg": read_msg}
 _EXTENSIONS = {"pdf": ".pdf", "xml": ".xml", "zip": ".zip", "message": ".eml", "tnef": ".dat", "msg": ".msg"}
 _BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _UNSAFE_CODECS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape"})
@@ -131,7 +142,7 @@ def unpack_message(
 def wrap_file(data: bytes, filename: str, content_type: str | None = None) -> Unpacked:
     """Make a lone file (an uploaded or ``ingest``-ed PDF, XML, image, zip) look like a message.
 
-    The file goes through the same rules as an attachment, so a zip or winmail.dat given on the
+    The file goes through the same rules as an attachment, so a zip, winmail.dat or .msg given on the
     command line is opened just as it would be in a mail. ``meta`` stays empty.
     """
     unpacker = _Unpacker()
@@ -302,7 +313,7 @@ class _Unpacker:
         depth: int,
         archive_depth: int,
     ) -> None:
-        """Keep a document, or open it when it is a wrapper (zip, winmail.dat, attached .eml)."""
+        """Keep a document, or open it when it is a wrapper (zip, winmail.dat, .msg, attached .eml)."""
         if len(data) > self.budget:
             label = name or f"part {path}"
             self.problem(path, DocumentTooLarge(f"{label}: {len(data)} bytes exceed the message budget"))
@@ -314,13 +325,12 @@ class _Unpacker:
             if data.startswith(b"PK\x03\x04")
             else detect(Document(data=data[:_SNIFF_BYTES], filename=name, content_type=ctype))
         )
-        if kind == "tnef" or (kind == "zip" and not _is_office_container(name, ctype)):
-            self.open_archive(kind, data, name or f"part {path}", path, depth, archive_depth)
+        opens = kind == "tnef" or (kind in ("zip", "msg") and not _is_office_container(name, ctype))
+        if opens and self.open_archive(kind, data, name or f"part {path}", path, depth, archive_depth):
             return
         if kind == "message" and looks_like_message(data):
             self.nested_bytes(data, path, depth + 1)
             return
-        # .msg (Outlook OLE2) stays whole: the one maintained reader, extract-msg, is GPL-3.0.
         filename = name or _synthetic_name(path, kind, ctype)
         unique = path
         while unique in self.paths:  # archives may repeat a name; paths must tell documents apart
@@ -333,15 +343,22 @@ class _Unpacker:
 
     def open_archive(
         self, kind: str, data: bytes, label: str, path: str, depth: int, archive_depth: int
-    ) -> None:
+    ) -> bool:
+        """Take a zip, winmail.dat or Outlook .msg apart; False when it is not one after all.
+
+        That happens only to OLE2 files that hold no message (a .doc without its name), which the
+        caller then keeps whole.
+        """
         if archive_depth >= ARCHIVE_MAX_DEPTH:
             self.problem(path, HostileDocument(f"{label}: archives nested deeper than {ARCHIVE_MAX_DEPTH}"))
-            return
+            return True
         try:
-            members = (read_zip if kind == "zip" else read_tnef)(data, max_bytes=self.budget)
+            members = _ARCHIVE_READERS[kind](data, max_bytes=self.budget)
         except InputError as exc:
+            if kind == "msg" and isinstance(exc, UnsupportedDocument):
+                return False
             self.problem(path, type(exc)(f"{label}: {exc.detail}"))
-            return
+            return True
         for index, member in enumerate(members, start=1):
             components = safe_member_path(member.name)
             if isinstance(member, Refused):  # a nameless refusal speaks about the whole archive
@@ -349,10 +366,11 @@ class _Unpacker:
                 continue
             member_path = f"{path}/{'/'.join(components) or index}"
             if not self.count(member_path):
-                return
+                return True
             member_name = components[-1] if components else None
             ctype = mimetypes.guess_type(member_name)[0] if member_name else None
             self.take(member.data, member_name, ctype, None, member_path, depth, archive_depth + 1)
+        return True
 
 
 def _describe(part: Message) -> _Leaf:
@@ -439,11 +457,14 @@ def _is_document(leaf: _Leaf) -> bool:
 
 
 def _is_office_container(name: str | None, ctype: str | None) -> bool:
-    """OOXML/ODF files are zips too, but opening them would scatter their XML guts as documents."""
+    """OOXML/ODF files are zips and .doc/.xls are OLE2 like .msg; opening them would scatter their
+    guts as documents."""
     ctype = (ctype or "").lower()
-    if (name or "").lower().endswith(_CONTAINER_SUFFIXES):
+    if (name or "").lower().endswith(_CONTAINER_SUFFIXES + _OLE_OFFICE_SUFFIXES):
         return True
-    return "officedocument" in ctype or "opendocument" in ctype
+    return any(
+        word in ctype for word in ("officedocument", "opendocument", "msword", "ms-excel", "ms-powerpoint")
+    )
 
 
 def _synthetic_name(path: str, kind: str, ctype: str | None) -> str:

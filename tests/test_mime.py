@@ -217,12 +217,13 @@ def test_wrap_file_keeps_a_lone_document() -> None:
     assert unpacked.meta.message_id is None and unpacked.meta.to == []
 
 
-def test_outlook_msg_stays_one_document() -> None:
+def test_unreadable_outlook_msg_is_a_problem_not_a_crash() -> None:
+    """.msg files are opened for their attachments (tests/test_msg.py); a broken one is recorded."""
     ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504)
-    assert [d.filename for d in wrap_file(ole, "invoice.msg").documents] == ["invoice.msg"]
-    assert [
-        d.size for d in unpack_message(_mail((ole, "application", "vnd.ms-outlook", "fw.msg"))).documents
-    ] == [512]
+    alone = wrap_file(ole, "invoice.msg")
+    assert alone.documents == [] and [p["path"] for p in alone.problems] == ["1"]
+    attached = unpack_message(_mail((ole, "application", "vnd.ms-outlook", "fw.msg")))
+    assert attached.documents == [] and len(attached.problems) == 1
 
 
 # --- forwarded mail ---------------------------------------------------------------------------
