@@ -110,6 +110,17 @@ class Daemon:
             "dispatcher": "ok" if self.dispatch_thread.is_alive() else "stopped",
         }
 
+    def sources_status(self) -> dict[str, dict[str, Any]]:
+        """Mailbox connections (IMAP folders, Graph mailboxes) by ``<source>:<account>/<folder>``.
+
+        Kept out of ``health()`` on purpose: that also feeds the systemd watchdog, and restarting
+        the daemon cannot fix a mail server that is down or a revoked token."""
+        status: dict[str, dict[str, Any]] = {}
+        for source in list(self.sources):
+            if isinstance(source, (ImapSource, GraphSource)):
+                status.update({f"{v['source']}:{k}": v for k, v in source.status().items()})
+        return status
+
     def _bind_api(self) -> socket.socket | None:
         """Bind the API port before anything starts, so a busy port is a clear error, not a crash."""
         if not self.config.api.enabled:
@@ -170,7 +181,7 @@ class Daemon:
 
         server = _ApiServer(
             uvicorn.Config(
-                create_app(self.engine, self.health, config=self.config),
+                create_app(self.engine, self.health, config=self.config, sources_status=self.sources_status),
                 log_level="warning",
                 access_log=False,
                 lifespan="off",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -55,6 +56,19 @@ def _oauth_error(response: httpx.Response) -> tuple[str, str]:
     return "", f"HTTP {response.status_code} {response.reason_phrase}"
 
 
+@dataclass(frozen=True)
+class TokenState:
+    """What monitoring needs to know about an account's tokens, without asking the endpoint.
+
+    ``token_ok`` is None until the first answer, True after a token was issued, False once the
+    endpoint refused the refresh token or the client (retrying cannot heal that; a person must
+    act). ``refresh_token_expires_at`` (Unix time) is known only when the endpoint says
+    ``refresh_token_expires_in``."""
+
+    token_ok: bool | None = None
+    refresh_token_expires_at: float | None = None
+
+
 class TokenProvider:
     """Access tokens for one account; ``token()`` is safe to call from several threads."""
 
@@ -74,6 +88,14 @@ class TokenProvider:
         # re-authorised secret wins.
         self._rotated: tuple[str | None, str] | None = None
         self._revoked_logged = False
+        # replaced whole, never mutated: ``state`` reads it without the lock, so a scrape does
+        # not wait behind a token request in flight
+        self._state = TokenState()
+
+    @property
+    def state(self) -> TokenState:
+        """The latest token outcome, for /healthz and /metrics (cheap, never blocks)."""
+        return self._state
 
     def close(self) -> None:
         self._http.close()
@@ -147,12 +169,14 @@ class TokenProvider:
                     "re-authorise the mailbox (`mailingest auth ACCOUNT`, or put a new refresh token into "
                     "the configured secret)"
                 )
+                self._state = TokenState(False, self._state.refresh_token_expires_at)
                 if not self._revoked_logged:
                     log.error("oauth2 refresh token rejected; re-authorisation needed", account=self.account,
                               error=text)  # fmt: skip
                     self._revoked_logged = True
                 raise SourceError(detail)
             if code in ("invalid_client", "unauthorized_client"):
+                self._state = TokenState(False, self._state.refresh_token_expires_at)
                 raise SourceError(f"{what} refused the client ({text}); check client_id and client_secret")
             raise SourceError(f"{what} refused: {text}")
         body = _json(response, what)
@@ -168,7 +192,9 @@ class TokenProvider:
         if refreshing and isinstance(new_refresh, str) and new_refresh != form["refresh_token"]:
             self._keep_rotated(configured, new_refresh)
         log.info("oauth2 token obtained", account=self.account, expires_in=lifetime)
-        self._warn_if_refresh_expiring(body)
+        remaining = self._warn_if_refresh_expiring(body)
+        expires_at = time.time() + remaining if remaining is not None else None
+        self._state = TokenState(True, expires_at)
 
     def _keep_rotated(self, configured: str | None, new_refresh: str) -> None:
         """Write a rotated token back to the store; in memory when there is none or it fails,
@@ -190,17 +216,19 @@ class TokenProvider:
             log.info("oauth2 refresh token rotated; kept in memory only", account=self.account)
         self._rotated = (configured, new_refresh)
 
-    def _warn_if_refresh_expiring(self, body: dict[str, Any]) -> None:
+    def _warn_if_refresh_expiring(self, body: dict[str, Any]) -> float | None:
+        """Seconds the refresh token has left, when the answer says (warned about when few)."""
         try:
             remaining = float(body["refresh_token_expires_in"])
         except (KeyError, TypeError, ValueError):
-            return  # most answers do not say; nothing to warn about
+            return None  # most answers do not say; nothing to warn about
         if remaining < REFRESH_WARN_BEFORE:
             log.warning(
                 "oauth2 refresh token expires soon; re-authorise the mailbox before then",
                 account=self.account,
                 expires_in_hours=round(remaining / 3600, 1),
             )
+        return remaining
 
 
 def _read(secret: Secret) -> str:

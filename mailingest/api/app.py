@@ -31,7 +31,7 @@ from starlette.responses import Response
 from mailingest import __version__
 from mailingest.api import actions
 from mailingest.api.auth import Authenticator, AuthMode, Principal, effective_mode
-from mailingest.api.metrics import build_registry, status_counts
+from mailingest.api.metrics import SourcesStatus, build_registry, status_counts
 from mailingest.config import Config
 from mailingest.connectors.registry import subscriptions
 from mailingest.pipeline.runner import document_view
@@ -106,13 +106,16 @@ def create_app(
     *,
     config: Config | None = None,
     auth_mode: AuthMode | None = None,
+    sources_status: SourcesStatus | None = None,
 ) -> FastAPI:
     """The API over ``engine``. ``config`` supplies the connectors that approvals notify and the
-    auth mode (``[api] auth``, narrowed by ``effective_mode``); ``auth_mode`` overrides it."""
+    auth mode (``[api] auth``, narrowed by ``effective_mode``); ``auth_mode`` overrides it.
+    ``sources_status`` (the daemon's mailbox connections) feeds ``/healthz`` and the source
+    gauges of ``/metrics``; without it both leave sources out."""
     config = config or Config()
     connectors = subscriptions(config)
     authenticator = Authenticator(engine, auth_mode or effective_mode(config.api))
-    registry = build_registry(engine)
+    registry = build_registry(engine, sources_status)
     app = FastAPI(
         title="mailingest",
         version=__version__,
@@ -153,6 +156,10 @@ def create_app(
 
     @app.get("/healthz", tags=["monitoring"])
     def healthz() -> JSONResponse:
+        """503 "degraded" when a check fails, a mailbox connection has been failing for longer
+        than its grace period, or an OAuth2 token was refused (a person must re-authorise).
+        Shorter connection trouble shows in ``sources`` without failing the probe, so a network
+        blip does not flap it."""
         checks: dict[str, Any] = {}
         try:
             with engine.connect() as conn:
@@ -163,12 +170,18 @@ def create_app(
         if health is not None:
             checks.update(health())
         ok = all(v == "ok" for v in checks.values() if isinstance(v, str))
-        body = {"status": "ok" if ok else "degraded", "version": __version__, "checks": checks}
+        body: dict[str, Any] = {"status": "ok", "version": __version__, "checks": checks}
+        if sources_status is not None:
+            sources = sources_status()
+            body["sources"] = sources
+            ok = ok and all(s["healthy"] and s.get("token_ok") is not False for s in sources.values())
+        body["status"] = "ok" if ok else "degraded"
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["monitoring"])
     def metrics() -> Response:
-        """Prometheus text format: rows by status (read at scrape time) and process metrics."""
+        """Prometheus text format: rows by status (read at scrape time), source connection and
+        OAuth2 token gauges, and process metrics."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/messages/{message_id}", tags=["messages"], dependencies=[scope("invoices:read")])

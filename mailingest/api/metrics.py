@@ -3,11 +3,16 @@
 The counts come from the database rather than in-process counters because the pipeline may run
 in several processes (``[pipeline] workers``) and counters would restart at zero with the
 daemon; four GROUP BY queries on indexed status columns per scrape are cheap.
+
+Source gauges (``mailingest_source_up``, ``mailingest_oauth_token_ok``,
+``mailingest_oauth_refresh_token_expires_seconds``) come from the daemon's in-memory source
+status instead, read through a callback at scrape time: only this process knows its connections.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -60,9 +65,52 @@ class _DatabaseCollector(Collector):
             yield family
 
 
-def build_registry(engine: Engine) -> CollectorRegistry:
+# ``<source>:<account>/<folder>`` → that connection's status (``ImapSource.status()`` entries)
+SourcesStatus = Callable[[], dict[str, dict[str, Any]]]
+
+
+class _SourcesCollector(Collector):
+    def __init__(self, sources_status: SourcesStatus) -> None:
+        self.sources_status = sources_status
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "mailingest_source_up",
+            "1 while the mailbox connection works",
+            labels=["source", "account", "folder"],
+        )
+        token_ok = GaugeMetricFamily(
+            "mailingest_oauth_token_ok",
+            "1 if the account's last token request succeeded, 0 if its refresh token or client was refused",
+            labels=["account"],
+        )
+        expires = GaugeMetricFamily(
+            "mailingest_oauth_refresh_token_expires_seconds",
+            "Seconds until the account's refresh token expires (only when the token endpoint says)",
+            labels=["account"],
+        )
+        accounts: set[str] = set()  # folders of one account share its token: one sample each
+        now = time.time()
+        for entry in self.sources_status().values():
+            account = entry["account"]
+            up.add_metric([entry["source"], account, entry["folder"]], 1 if entry["connected"] else 0)
+            if account in accounts:
+                continue
+            accounts.add(account)
+            if entry.get("token_ok") is not None:
+                token_ok.add_metric([account], 1 if entry["token_ok"] else 0)
+            if entry.get("refresh_token_expires_at") is not None:
+                expires.add_metric([account], entry["refresh_token_expires_at"] - now)
+        yield up
+        yield token_ok
+        yield expires
+
+
+def build_registry(engine: Engine, sources_status: SourcesStatus | None = None) -> CollectorRegistry:
     """A registry per app (not the global one), so several apps in one process do not collide."""
     registry = CollectorRegistry()
     registry.register(_DatabaseCollector(engine))
+    if sources_status is not None:
+        registry.register(_SourcesCollector(sources_status))
     ProcessCollector(registry=registry)
     return registry

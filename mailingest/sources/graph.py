@@ -48,7 +48,9 @@ from sqlalchemy.engine import Engine
 from mailingest.config import GraphAction, GraphSourceConfig, Secret
 from mailingest.errors import MailingestError, SourceError
 from mailingest.ledger import Ledger
+from mailingest.oauth import TokenState
 from mailingest.sources.base import Sink
+from mailingest.sources.imap import FAILING_GRACE, ConnectionStatus, token_status
 from mailingest.storage import tables
 from mailingest.storage.db import session_scope
 
@@ -213,6 +215,7 @@ class GraphClient:
         self.user_path = f"{self.base}/users/{quote(config.user, safe='@')}"
         self._token: str | None = None
         self._refresh_at = 0.0
+        self.token_state = TokenState()  # replaced whole, read by status() from another thread
 
     def close(self) -> None:
         self.http.close()
@@ -232,6 +235,7 @@ class GraphClient:
             except httpx.HTTPError as exc:
                 raise SourceError(f"graph token request failed: {exc}") from exc
             if response.status_code != 200:
+                self.token_state = TokenState(token_ok=False)  # a wrong or expired client secret
                 raise SourceError(f"graph token request refused: {_graph_error(response)}")
             try:
                 body = response.json()
@@ -240,6 +244,7 @@ class GraphClient:
                 raise SourceError("graph token endpoint answered without an access token") from exc
             self._token = token
             self._refresh_at = time.monotonic() + lifetime - min(60.0, lifetime / 2)
+            self.token_state = TokenState(token_ok=True)
             log.info("graph token obtained", source=self.config.name, expires_in=lifetime)
         return self._token
 
@@ -281,9 +286,12 @@ class GraphClient:
 class GraphSource:
     """One ``[[sources.graph]]`` entry: a thread polling one folder of one mailbox."""
 
-    def __init__(self, config: GraphSourceConfig, ledger: Ledger, data_dir: Path) -> None:
+    def __init__(
+        self, config: GraphSourceConfig, ledger: Ledger, data_dir: Path, *, grace: float = FAILING_GRACE
+    ) -> None:
         self.config = config
         self.name = f"graph:{config.name}"
+        self.connection = ConnectionStatus(grace)
         self.ledger = ledger
         self.mailbox = f"{config.name}/{config.folder}"
         self.state_path = data_dir / "state" / f"graph-{config.name}.json"
@@ -308,6 +316,13 @@ class GraphSource:
             pending=len(self.state.pending),
         )
 
+    def status(self) -> dict[str, dict[str, Any]]:
+        """The one folder's entry, shaped as ``ImapSource.status()``; the app-only token's
+        ``token_ok`` (a refused client secret) is reported like an OAuth2 account's."""
+        entry = {"source": SOURCE, "account": self.config.name, "folder": self.config.folder}
+        entry |= self.connection.snapshot() | token_status(self.client.token_state)
+        return {self.mailbox: entry}
+
     def stop(self) -> None:
         """Returns within about STOP_GRACE: waits end at once; a request in flight is abandoned
         to its timeout (the thread is a daemon thread, and nothing it owes is lost: pending
@@ -326,16 +341,19 @@ class GraphSource:
         while not self.stopping.is_set():
             try:
                 self._sync()
+                self.connection.ok()
                 delay = 1.0
                 self._wait(self.config.poll_interval)
                 continue
             except _Stopped:
                 break
             except MailingestError as exc:
+                self.connection.failed(exc.detail)
                 self.log.error("graph round failed; will retry", error=exc.detail, retry_in=delay)
-            except Exception:
+            except Exception as exc:
                 # A bug here must not silently end mail intake for this mailbox (the daemon has
                 # no other way to notice): log it with its traceback, retry later.
+                self.connection.failed(f"{type(exc).__name__}: {exc}")
                 self.log.exception("graph source crashed; will retry", retry_in=delay)
             if self.stopping.wait(delay):  # no ledger checks here: they may be what failed
                 break

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -42,7 +43,7 @@ from sqlmodel import col, func, select
 from mailingest.config import ImapAfterProcessing, ImapOnFailure, ImapSourceConfig
 from mailingest.errors import ConfigError, MailingestError
 from mailingest.ledger import Ledger
-from mailingest.oauth import TokenProvider
+from mailingest.oauth import TokenProvider, TokenState
 from mailingest.sources.base import Sink
 from mailingest.sources.filters import decide, summarise
 from mailingest.sources.imap_session import (
@@ -68,6 +69,62 @@ STOP_GRACE = 3.0  # seconds stop() waits for watchers before cutting their socke
 # Each check looks up every message still in flight, so checking after every batch made a
 # backfill quadratic (10,000 mails with nothing finishing: 200 checks of up to 10,000 UIDs).
 FINISH_EVERY = 2.0
+# Seconds a folder may go without a working connection before /healthz calls it unhealthy: long
+# enough that a network blip or a server restart (retried after 1 s, 2 s, 4 s …) does not flap.
+FAILING_GRACE = 300.0
+
+
+class ConnectionStatus:
+    """Whether one mailbox connection works, written by its thread and read by /healthz and
+    /metrics. Locked, because the scrape runs on another thread; every call is a few assignments.
+
+    ``failing_since`` starts at construction (never connected yet counts as failing) and is
+    cleared by ``ok()``, i.e. by a successful SELECT, not by a bare login: a folder that logs in
+    but cannot be selected is still failing. ``healthy`` forgives failures younger than ``grace``."""
+
+    def __init__(self, grace: float = FAILING_GRACE) -> None:
+        self.grace = grace
+        self._lock = threading.Lock()
+        self._connected = False
+        self._last_error: str | None = None
+        self._last_ok_at: float | None = None
+        self._failing_since: float | None = time.time()
+
+    def connected(self) -> None:
+        with self._lock:
+            self._connected = True
+
+    def ok(self) -> None:
+        with self._lock:
+            self._connected = True
+            self._last_error = None
+            self._last_ok_at = time.time()
+            self._failing_since = None
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            self._connected = False
+            self._last_error = error
+            if self._failing_since is None:
+                self._failing_since = time.time()
+
+    def snapshot(self) -> dict[str, Any]:
+        """``connected``, ``healthy``, ``last_error``, ``last_ok_at`` and ``failing_since`` (Unix
+        times or None), as /healthz shows them."""
+        with self._lock:
+            failing_since = self._failing_since
+            return {
+                "connected": self._connected,
+                "healthy": failing_since is None or time.time() - failing_since < self.grace,
+                "last_error": self._last_error,
+                "last_ok_at": self._last_ok_at,
+                "failing_since": failing_since,
+            }
+
+
+def token_status(state: TokenState) -> dict[str, Any]:
+    """The OAuth2 part of a status entry: ``token_ok`` and ``refresh_token_expires_at``."""
+    return {"token_ok": state.token_ok, "refresh_token_expires_at": state.refresh_token_expires_at}
 
 
 # -- what the ledger knows about a folder ---------------------------------------------------------
@@ -137,6 +194,7 @@ class FolderWatcher:
         sink: Sink,
         engine: Engine,
         tokens: TokenProvider | None = None,
+        grace: float = FAILING_GRACE,
     ) -> None:
         self.config = config
         self.tokens = tokens  # the account's, shared by its folders; None: password login
@@ -153,6 +211,7 @@ class FolderWatcher:
         self._pending: dict[int, str] = {}  # UID → message id, fetched and not yet post-processed
         self._checked_at = 0.0
         self._cycle_ok = False
+        self.status = ConnectionStatus(grace)
 
     def interrupt(self) -> None:
         session = self._session
@@ -166,16 +225,20 @@ class FolderWatcher:
             try:
                 session = connect(self.config, self._credential())
             except MailingestError as exc:
+                self.status.failed(exc.detail)
                 self.log.error("imap connection failed; will retry", error=exc.detail, retry_in=delay)
             else:
                 self._session = session
+                self.status.connected()
                 try:
                     self._serve(session)
                 except MailingestError as exc:
+                    self.status.failed(exc.detail)
                     self.log.error("imap connection lost; will reconnect", error=exc.detail, retry_in=delay)
-                except Exception:
+                except Exception as exc:
                     # A bug here must not silently end mail intake for this folder (the daemon
                     # has no other way to notice): log it with its traceback, reconnect later.
+                    self.status.failed(f"{type(exc).__name__}: {exc}")
                     self.log.exception("imap watcher crashed; will reconnect", retry_in=delay)
                 finally:
                     session.close()  # stop() may still interrupt() a LOGOUT the server never answers
@@ -202,6 +265,7 @@ class FolderWatcher:
         idle = self.config.idle and session.can_idle
         while not self.stopping.is_set():
             uidvalidity = session.select(self.folder)
+            self.status.ok()  # here, not after the fetch: a long backlog must not look like an outage
             if uidvalidity != self._uidvalidity:
                 known = self._uidvalidity or previous_uidvalidity(self.engine, self.mailbox)
                 if known is not None and known != uidvalidity:
@@ -396,8 +460,16 @@ def _is_loopback(host: str) -> bool:
 class ImapSource:
     """One ``[[sources.imap]]`` account: a FolderWatcher per configured folder."""
 
-    def __init__(self, config: ImapSourceConfig, ledger: Ledger, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: ImapSourceConfig,
+        ledger: Ledger,
+        data_dir: Path | None = None,
+        *,
+        grace: float = FAILING_GRACE,
+    ) -> None:
         self.config = config
+        self.grace = grace  # see ConnectionStatus
         self.data_dir = data_dir  # where the encrypted OAuth2 token store lives (token_key)
         self.name = f"imap:{config.name}"
         self.ledger = ledger
@@ -432,7 +504,7 @@ class ImapSource:
         if cfg.security == "none" and not _is_loopback(cfg.host):
             log.warning("IMAP without TLS: the password crosses the network in clear", account=cfg.name)
         for folder in cfg.folders:
-            watcher = FolderWatcher(cfg, folder, sink, self.ledger.engine, self.tokens)
+            watcher = FolderWatcher(cfg, folder, sink, self.ledger.engine, self.tokens, self.grace)
             self.watchers.append(watcher)
             watcher.thread.start()
         log.info(
@@ -443,6 +515,19 @@ class ImapSource:
             security=cfg.security,
             folders=cfg.folders,
         )
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per ``<account>/<folder>``: the connection's ``ConnectionStatus.snapshot()`` with
+        ``source``, ``account`` and ``folder``, plus ``token_status()`` for OAuth2 accounts."""
+        tokens = self.tokens
+        entries: dict[str, dict[str, Any]] = {}
+        for watcher in list(self.watchers):
+            entry = {"source": SOURCE, "account": self.config.name, "folder": watcher.folder}
+            entry |= watcher.status.snapshot()
+            if tokens is not None:
+                entry |= token_status(tokens.state)
+            entries[watcher.mailbox] = entry
+        return entries
 
     def stop(self) -> None:
         """Returns within about STOP_GRACE + 1 s: watchers notice the stop within IDLE_SLICE,
