@@ -23,7 +23,7 @@ import html
 import mimetypes
 import quopri
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 
 from mailparser.utils import decode_base64_payload
@@ -37,6 +37,7 @@ from mailingest.errors import (
     MimeError,
     UnsupportedDocument,
 )
+from mailingest.links import invoice_links
 from mailingest.mime_archive import Refused, read_tnef, read_zip, safe_filename, safe_member_path
 from mailingest.mime_headers import (
     STDLIB_ERRORS,
@@ -102,6 +103,7 @@ class Unpacked:
     documents: list[Document]
     problems: list[dict[str, str]]
     body_text: str = ""
+    links: list[dict[str, str]] = field(default_factory=list)  # invoice links in the body (links.py)
 
 
 def looks_like_message(data: bytes) -> bool:
@@ -182,7 +184,13 @@ class _Unpacker:
 
     def result(self, meta: MessageMeta) -> Unpacked:
         body = self.plain if self.plain is not None else _html_to_text(self.html or "")
-        return Unpacked(meta=meta, documents=self.documents, problems=self.problems, body_text=body)
+        return Unpacked(
+            meta=meta,
+            documents=self.documents,
+            problems=self.problems,
+            body_text=body,
+            links=invoice_links(self.plain, self.html),
+        )
 
     def problem(self, path: str, error: InputError) -> None:
         self.problems.append({**error.as_dict(), "path": path})

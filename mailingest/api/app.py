@@ -91,6 +91,7 @@ def message_view(msg: tables.Message, documents: list[tables.Document]) -> dict[
         "filename": msg.filename,
         "size": msg.size,
         "sha256": msg.sha256,
+        "links": msg.links or [],
         "status": msg.status,
         "duplicate_of": msg.duplicate_of,
         "error": msg.error,

@@ -51,6 +51,7 @@ class Analysis:
     meta: mime.MessageMeta | None
     documents: list[DocumentOutcome]
     problems: list[dict[str, str]]
+    links: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def invoices(self) -> list[Invoice]:
@@ -149,7 +150,9 @@ def analyse(
             for inv in outcome.invoices
         ]
         outcomes.append(outcome)
-    return Analysis(meta=unpacked.meta, documents=outcomes, problems=list(unpacked.problems))
+    return Analysis(
+        meta=unpacked.meta, documents=outcomes, problems=list(unpacked.problems), links=list(unpacked.links)
+    )
 
 
 def _finish(invoice: Invoice, source: Source) -> Invoice:

@@ -189,6 +189,10 @@ def store_analysis(session: Session, rt: Runtime, msg: tables.Message, analysis:
             _store_invoice(session, rt, msg, doc_row, invoice)
             count += 1
     problems = {"problems": analysis.problems} if analysis.problems else None
+    if analysis.links:
+        msg.links = analysis.links  # recorded, not fetched: following mailed links is the user's call
+        session.add(msg)
+        session.flush()
     repo.finish_claim(session, msg.id, token, status="processed", error=problems)
     repo.audit(
         session,

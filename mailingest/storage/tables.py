@@ -80,6 +80,9 @@ class Message(SQLModel, table=True):
     claim_token: str | None = Field(default=None, max_length=80)
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    links: list[dict[str, str]] | None = Field(
+        default=None, sa_column=Column(JSON)
+    )  # invoice links in the body
     received_at: datetime = _ts(index=True)
     processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
