@@ -22,7 +22,7 @@ from mailingest.config import Config, load_config
 from mailingest.config_base import Secret
 from mailingest.config_sources import ImapOAuth2, ImapSourceConfig
 from mailingest.errors import ConfigError, SourceError
-from mailingest.oauth import _json, _oauth_error
+from mailingest.oauth import json_body, oauth_error
 from mailingest.token_store import TokenStore, fingerprint, new_key
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -80,8 +80,8 @@ def authorise(config: Config, name: str, *, out: TextIO = sys.stdout) -> int:
     with httpx.Client(timeout=account.connect_timeout) as http:
         response = _post(http, device_url, base)
         if response.status_code != 200:
-            raise SourceError(f"device authorization at {device_url} refused: {_oauth_error(response)[1]}")
-        device = _json(response, f"device authorization at {device_url}")
+            raise SourceError(f"device authorization at {device_url} refused: {oauth_error(response)[1]}")
+        device = json_body(response, f"device authorization at {device_url}")
         try:
             device_code, user_code = str(device["device_code"]), str(device["user_code"])
             uri = str(device.get("verification_uri") or device["verification_url"])  # Google: _url
@@ -111,7 +111,7 @@ def authorise(config: Config, name: str, *, out: TextIO = sys.stdout) -> int:
             response = _post(http, url, form)
             if response.status_code == 200:
                 break
-            code, text = _oauth_error(response)
+            code, text = oauth_error(response)
             if code == "authorization_pending":
                 continue
             if code == "slow_down":
@@ -127,7 +127,7 @@ def authorise(config: Config, name: str, *, out: TextIO = sys.stdout) -> int:
                 print(f"mailingest auth: the sign-in was denied ({text}); nothing stored", file=sys.stderr)
                 return 1
             raise SourceError(f"token endpoint {url} refused: {text}")
-    body = _json(response, f"token endpoint {url}")
+    body = json_body(response, f"token endpoint {url}")
     refresh = body.get("refresh_token")
     if not isinstance(refresh, str) or not refresh:
         raise SourceError(

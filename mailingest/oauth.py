@@ -43,7 +43,7 @@ REFRESH_WARN_BEFORE = 7 * 86400.0  # seconds: Google's "testing" apps get 7-day 
 DEFAULT_LIFETIME = 3599.0  # when the endpoint omits expires_in (both providers issue 1-hour tokens)
 
 
-def _oauth_error(response: httpx.Response) -> tuple[str, str]:
+def oauth_error(response: httpx.Response) -> tuple[str, str]:
     """(error code, human text) from an RFC 6749 error answer, falling back to the status line."""
     try:
         body = response.json()
@@ -162,7 +162,7 @@ class TokenProvider:
         except httpx.HTTPError as exc:
             raise SourceError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
-            code, text = _oauth_error(response)
+            code, text = oauth_error(response)
             if code == "invalid_grant" and refreshing:
                 detail = (
                     f"{what} refused the refresh token ({text}): it was revoked or has expired; "
@@ -179,7 +179,7 @@ class TokenProvider:
                 self._state = TokenState(False, self._state.refresh_token_expires_at)
                 raise SourceError(f"{what} refused the client ({text}); check client_id and client_secret")
             raise SourceError(f"{what} refused: {text}")
-        body = _json(response, what)
+        body = json_body(response, what)
         try:
             token = str(body["access_token"])
             lifetime = float(body.get("expires_in", DEFAULT_LIFETIME))
@@ -239,7 +239,7 @@ def _read(secret: Secret) -> str:
         raise SourceError(exc.detail) from exc
 
 
-def _json(response: httpx.Response, what: str) -> dict[str, Any]:
+def json_body(response: httpx.Response, what: str) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError as exc:
