@@ -21,17 +21,16 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from sqlalchemy.engine import Engine
-from sqlmodel import col, select
 
 from mailingest.config import GraphSourceConfig, load_config
 from mailingest.errors import ConfigError, SourceError
 from mailingest.ledger import Ledger
-from mailingest.pipeline.runner import MAX_ATTEMPTS, Runtime, process_next
+from mailingest.pipeline.runner import MAX_ATTEMPTS, Runtime
 from mailingest.sources.graph import SCOPE, GraphClient, GraphSource
 from mailingest.storage import db, tables
 from mailingest.storage.blobs import BlobStore
 from tests.conftest import FIXTURES, DaemonProcess
+from tests.test_imap import Store
 
 UBL = FIXTURES / "einvoice" / "xrechnung-testsuite__business-cases__standard__01.01a-INVOICE_ubl.xml"
 USER = "ap@buyer.example"
@@ -284,30 +283,14 @@ def graph() -> Iterator[FakeGraph]:
 # -- ledger, pipeline, source ---------------------------------------------------------------------
 
 
-@dataclass
-class Store:
-    engine: Engine
-    ledger: Ledger
-    runtime: Runtime
-
-    def rows(self) -> list[tables.Message]:
-        with db.session_scope(self.engine) as session:
-            query = select(tables.Message).where(tables.Message.source == "graph")
-            return list(session.exec(query.order_by(col(tables.Message.received_at))).all())
-
-    def process_all(self) -> int:
-        count = 0
-        while process_next(self.runtime):
-            count += 1
-        return count
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     engine = db.make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
     db.upgrade(engine)
     blobs = BlobStore(tmp_path / "blobs")
-    yield Store(engine, Ledger(engine, blobs), Runtime(engine=engine, blobs=blobs, connectors=[]))
+    yield Store(
+        engine, Ledger(engine, blobs), Runtime(engine=engine, blobs=blobs, connectors=[]), source="graph"
+    )
     engine.dispose()
 
 

@@ -73,10 +73,11 @@ class Store:
     engine: Engine
     ledger: Ledger
     runtime: Runtime
+    source: str = "imap"  # whose ledger rows rows() lists (test_graph.py uses "graph")
 
     def rows(self) -> list[tables.Message]:
         with db.session_scope(self.engine) as session:
-            query = select(tables.Message).where(tables.Message.source == "imap")
+            query = select(tables.Message).where(tables.Message.source == self.source)
             return list(session.exec(query.order_by(col(tables.Message.received_at))).all())
 
     def process_all(self) -> int:
