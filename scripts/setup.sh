@@ -45,6 +45,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 echo "setup: installing mailingest and its development tools into $venv"
-"$venv/bin/python" -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+"$venv/bin/python" -m pip install -q -e '.[dev,bench]' 2>&1 | grep -v "^WARNING: Location" || true
 "$venv/bin/python" -c 'import mailingest, sqlmodel, aiosmtpd, pdfminer, lxml' \
   || { echo "setup: installation incomplete" >&2; exit 1; }
