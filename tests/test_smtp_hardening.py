@@ -217,3 +217,56 @@ def test_a_burst_beyond_max_concurrent_waits_and_every_accepted_mail_is_stored(
     assert most_in_flight <= 2
     assert len(set(ids)) == 40
     assert {m.id for m in stored(ledger)} == set(ids)
+
+
+def _raw_session(port: int, data: bytes) -> bytes:
+    """Speak SMTP over a plain socket (smtplib would fix the line ends for us)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+
+        def command(line: bytes) -> bytes:
+            sock.sendall(line)
+            reply = reader.readline()
+            while reply[3:4] == b"-":
+                reply = reader.readline()
+            return reply
+
+        assert reader.readline().startswith(b"220")
+        assert command(b"EHLO client.example\r\n").startswith(b"250")
+        assert command(b"MAIL FROM:<billing@vendor.example>\r\n").startswith(b"250")
+        assert command(b"RCPT TO:<ap@buyer.example>\r\n").startswith(b"250")
+        assert command(b"DATA\r\n").startswith(b"354")
+        reply = command(data)
+        command(b"QUIT\r\n")
+        return reply
+
+
+def test_bare_lf_line_ends_are_accepted_like_postfix_does(start_smtp: StartSmtp, ledger: Ledger) -> None:
+    port = start_smtp()
+    body = b"".join(b"line %d of a long body written with Unix line ends\n" % i for i in range(200))
+    mail = b"From: billing@vendor.example\nTo: ap@buyer.example\nSubject: unix ends\n\n" + body
+    reply = _raw_session(port, mail + b".\r\n")
+    assert reply.startswith(b"250"), reply
+    [message] = stored(ledger)
+    assert message.subject == "unix ends"
+    with db.session_scope(ledger.engine) as session:
+        raw = ledger.blobs.get(session, message.sha256)
+    assert b"\r\nline 199 of a long body written with Unix line ends\r\n" in raw
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+
+
+def test_a_bare_lf_dot_line_does_not_end_the_data(start_smtp: StartSmtp, ledger: Ledger) -> None:
+    """SMTP smuggling: ``LF . LF`` must not end DATA, or a relay that does not see it as an end
+    would let a second, forged message through."""
+    port = start_smtp()
+    smuggled = (
+        b"From: billing@vendor.example\r\nSubject: first\r\n\r\nhello\n.\n"
+        b"MAIL FROM:<ceo@buyer.example>\r\nRCPT TO:<ap@buyer.example>\r\nDATA\r\n"
+        b"Subject: forged\r\n\r\npay me\r\n.\r\n"
+    )
+    reply = _raw_session(port, smuggled)
+    assert reply.startswith(b"250"), reply
+    [message] = stored(ledger)
+    assert message.subject == "first"

@@ -6,7 +6,10 @@ Oversized messages get ``552`` from aiosmtpd's ``data_size_limit`` (advertised a
 
 Hardening, all optional: a recipient allow-list (``550`` for others), STARTTLS (and refusing
 mail without it, ``530``), AUTH PLAIN/LOGIN against configured users (``530`` before AUTH,
-``535`` for bad credentials). At most ``max_concurrent`` messages are committed at once; the
+``535`` for bad credentials). Lines that end in a bare LF (``curl`` without ``--crlf``, scripts
+piping files with Unix line ends) are accepted as if they ended in CRLF, as Postfix does; only a
+real ``CRLF . CRLF`` ends the data, so a bare-LF dot line cannot smuggle a second message
+past a relay (it stays content). At most ``max_concurrent`` messages are committed at once; the
 rest wait for a slot rather than being refused, so a burst is slow but every ``250`` is stored.
 """
 
@@ -19,7 +22,7 @@ from typing import Any
 
 import structlog
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from mailingest.config import SmtpSourceConfig, parse_listen
 from mailingest.errors import MailingestError, SourceError
@@ -105,8 +108,45 @@ class _Handler:
         return f"250 2.0.0 OK queued as {msg_id}"
 
 
+class _BareLfReader:
+    """The DATA side of a client's stream with bare-LF line ends read as CRLF ones.
+
+    aiosmtpd reads DATA with ``readuntil(b"\\r\\n")``, so a message with Unix line ends arrives
+    as one endless line and is refused (``500 Line too long``). This reader splits on LF and
+    restores the CR. A bare-LF dot line is returned dot-stuffed (content ``"."``): only a
+    CRLF-terminated dot line ends the data (no SMTP smuggling)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await self._reader.readuntil(b"\n")
+        if line.endswith(b"\r\n"):
+            return line
+        if line == b".\n":
+            return b"..\r\n"
+        return line[:-1] + b"\r\n"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
+class _LenientSMTP(SMTP):
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        strict = self._reader
+        self._reader: Any = _BareLfReader(strict)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._reader = strict
+
+
 class _Controller(Controller):
-    """Controller that can bind port 0 (tests) and learns the port it got."""
+    """Controller that can bind port 0 (tests), learns the port it got and accepts bare LF."""
+
+    def factory(self) -> SMTP:
+        return _LenientSMTP(self.handler, **self.SMTP_kwargs)
 
     def _trigger_server(self) -> None:
         server: Any = self.server
