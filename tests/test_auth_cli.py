@@ -4,15 +4,11 @@ subprocess, as a person would run it. No mocks."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
 import sys
-import threading
-import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +19,25 @@ from mailingest.config import load_config
 from mailingest.errors import ConfigError, SourceError
 from mailingest.oauth import TokenProvider
 from mailingest.token_store import TokenStore, fingerprint
+from tests.formserver import FormServer
 
 CLIENT_ID, DEVICE_CODE, USER_CODE = "mailingest-test", "dev-123", "WDJB-MJHT"
 KEY_ENV = "AP_IMAP_TOKEN_KEY"  # not MAILINGEST_*: those are config overrides
 
 
-class DeviceServer:
+class DeviceServer(FormServer):
     """``/devicecode`` (RFC 8628 3.1) and ``/token`` (device-code and refresh-token grants)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.pending = 2  # authorization_pending answers before the outcome
         self.outcome = "ok"  # or an RFC 8628 error code: access_denied, expired_token
         self.rotate = False
         self.refresh_tokens = {"refresh-device"}
         self.requests: list[dict[str, str]] = []
         self._count = 0
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.http.server_port}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        super().__init__()
 
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
-
-    def _answer(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def answer(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         with self.lock:
             self.requests.append(form | {"path": path})
             if form.get("client_id") != CLIENT_ID:
@@ -87,26 +77,6 @@ class DeviceServer:
         if refresh is not None:
             answer["refresh_token"] = refresh
         return answer
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-                status, body = server._answer(self.path, form)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # keep test output clean
-
-        return Handler
 
 
 @pytest.fixture

@@ -5,12 +5,8 @@ expire access tokens or refuse the client exactly as Microsoft or Google would. 
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ from mailingest.errors import SourceError
 from mailingest.oauth import TokenProvider
 from mailingest.sources.imap_session import connect
 from tests.dovecot import Dovecot
+from tests.formserver import FormServer
 from tests.test_imap import Store, invoice_mail, running, store, store_url, wait_for
 
 __all__ = ["store", "store_url"]  # fixtures reused from test_imap
@@ -30,12 +27,11 @@ __all__ = ["store", "store_url"]  # fixtures reused from test_imap
 CLIENT_ID, CLIENT_SECRET, REFRESH = "mailingest-test", "client-s3cret", "refresh-1"
 
 
-class AuthServer:
+class AuthServer(FormServer):
     """Token endpoint (``/token``, RFC 6749) and introspection endpoint (``/introspect``, what
     Dovecot's oauth2 passdb POSTs ``token=...`` to) in one loopback HTTP server."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.refresh_tokens = {REFRESH}
         self.access: dict[str, float] = {}  # access token → expiry (monotonic)
         self.requests: list[dict[str, str]] = []  # token requests, as sent
@@ -43,13 +39,10 @@ class AuthServer:
         self.rotate = False  # answer every refresh with a new refresh token (the old one dies)
         self.refresh_expires_in: int | None = None
         self._count = 0
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.http.server_port}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        super().__init__()
 
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
+    def answer(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        return self._token(form) if path == "/token" else (200, self._introspect(form))
 
     def revoke(self) -> None:
         """What a user's "sign out everywhere" or an admin does: every token stops working."""
@@ -89,29 +82,6 @@ class AuthServer:
         if expiry is None or expiry < time.monotonic():
             return {"active": False}
         return {"active": True, "username": "alice"}
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-                if self.path == "/token":
-                    status, body = server._token(form)
-                else:
-                    status, body = 200, server._introspect(form)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # keep test output clean
-
-        return Handler
 
 
 @pytest.fixture
