@@ -20,6 +20,7 @@ from mailingest.pipeline.extractors import einvoice
 from mailingest.pipeline.extractors.einvoice import EInvoiceExtractor
 from mailingest.pipeline.extractors.xmlfields import date_of
 from mailingest.xmlsafe import parse_xml
+from tests.conftest import SHARED_CORPUS
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "einvoice"
 GOLDEN = sorted(path for path in FIXTURES.iterdir() if path.suffix.lower() in (".xml", ".pdf"))
@@ -207,13 +208,13 @@ def test_other_kinds_are_not_accepted() -> None:
 
 def test_accepts_and_extract_open_a_pdf_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = einvoice.find_embedded_invoice
+    real = einvoice._find_embedded
 
     def counting(data: bytes) -> Any:
         calls.append(len(data))
         return real(data)
 
-    monkeypatch.setattr(einvoice, "find_embedded_invoice", counting)
+    monkeypatch.setattr(einvoice, "_find_embedded", counting)
     doc = _doc(FACTURX_PDF)
     extractor = EInvoiceExtractor()
     assert extractor.accepts(doc, "pdf")
@@ -264,3 +265,104 @@ def test_syntax_recognition() -> None:
 )
 def test_dates(xml: str, bound: Any, expected: str | None) -> None:
     assert date_of(parse_xml(xml.encode()), bound) == expected
+
+
+# ----------------------------------------------------------------- e-invoice gaps (issue 5)
+
+
+def _rules(invoice: Invoice) -> list[str]:
+    return [m.rule for m in (invoice.validation.messages if invoice.validation else [])]
+
+
+FACTURX_CORPUS = sorted((SHARED_CORPUS / "facturx").glob("*.pdf"))
+
+
+@pytest.mark.parametrize("path", FACTURX_CORPUS, ids=lambda p: p.name[:70])
+def test_pdf_text_and_embedded_xml_disagreeing_is_a_warning(path: Path) -> None:
+    truth = json.loads(path.with_name(path.name + ".truth.json").read_text())
+    invoice = _extract_one(_doc(path))
+    warnings = [r for r in _rules(invoice) if r.startswith("MI-PDF-")]
+    # The corpus truth says (via pdftotext) whether number and total are printed on the page.
+    assert bool(warnings) == (truth["visible_in_pdf_text"] is False)
+
+
+def _pdf_showing(text: str, attachment: bytes) -> bytes:
+    from reportlab.pdfgen import canvas
+
+    buffer = io.BytesIO()
+    page = canvas.Canvas(buffer)
+    for row, line in enumerate(text.splitlines()):
+        page.drawString(72, 760 - 14 * row, line)
+    page.save()
+    pdf = pdfium.PdfDocument(buffer.getvalue())
+    pdf.new_attachment("factur-x.xml").set_data(attachment)
+    out = io.BytesIO()
+    pdf.save(out)
+    pdf.close()
+    return out.getvalue()
+
+
+def test_visible_text_check_names_number_and_total_and_survives_validation() -> None:
+    from mailingest.pipeline.analyse import analyse
+
+    xml = XRECHNUNG_CII.read_bytes()
+    bare = _extract_one(_doc(XRECHNUNG_CII))
+    assert bare.number and bare.totals.tax_inclusive is not None
+    total = bare.totals.tax_inclusive
+    whole, cents = format(total, "f").split(".")
+    german = f"{int(whole):,}".replace(",", ".") + "," + cents[:2].ljust(2, "0")
+    agreeing = _pdf_showing(f"Rechnung Nr. {bare.number}\nGesamtbetrag {german} EUR", xml)
+    assert not [
+        r for r in _rules(_extract_one(Document(agreeing, filename="a.pdf"))) if r.startswith("MI-PDF")
+    ]
+    disagreeing = _pdf_showing("Rechnung Nr. 999-OTHER\nGesamtbetrag 1,00 EUR", xml)
+    invoice = _extract_one(Document(disagreeing, filename="b.pdf"))
+    assert _rules(invoice) == ["MI-PDF-NUMBER", "MI-PDF-TOTAL"]
+    assert all(m.severity == "warning" for m in invoice.validation.messages)  # type: ignore[union-attr]
+    analysed = analyse(disagreeing, filename="b.pdf").invoices[0]  # the pipeline keeps them
+    assert {"MI-PDF-NUMBER", "MI-PDF-TOTAL"} <= set(_rules(analysed))
+
+
+def test_zugferd1_negative_allowances_are_normalised_so_br_co_11_holds() -> None:
+    from mailingest.pipeline.validate import validate
+
+    source = ZUGFERD1_XML.read_text(encoding="utf-8")
+    assert (
+        '<ram:ActualAmount currencyID="EUR">-21.55</ram:ActualAmount>' in source
+    )  # as the generator wrote it
+    invoice = _extract_one(_doc(ZUGFERD1_XML))
+    allowances = [ac for ac in invoice.allowance_charges if not ac.charge]
+    assert allowances and all(ac.amount is not None and ac.amount > 0 for ac in allowances)
+    assert sum(ac.amount for ac in allowances if ac.amount) == invoice.totals.allowances
+    assert "BR-CO-11" not in [m.rule for m in validate(invoice).messages]
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        (ZUGFERD1_XML, rb"<ram:InvoiceCurrencyCode>\w+</ram:InvoiceCurrencyCode>"),
+        (UBL_INVOICE, rb"<cbc:DocumentCurrencyCode>\w+</cbc:DocumentCurrencyCode>"),
+    ],
+)
+def test_currency_is_read_from_the_amounts_when_the_code_is_missing(path: Path, code: bytes) -> None:
+    data = path.read_bytes()
+    stripped = re.sub(code, b"", data)
+    assert stripped != data
+    expected = _extract_one(_doc(path)).currency
+    invoice = _extract_one(Document(stripped, filename="x.xml"))
+    assert expected and invoice.currency == expected
+    assert invoice.extraction is not None and invoice.extraction.fields["/currency"].xpath.endswith(
+        "/@currencyID"
+    )
+
+
+def test_peppol_na_order_reference_and_bt29_fallback() -> None:
+    data = UBL_INVOICE.read_bytes()
+    with_na = data.replace(b"<cbc:ID>20180117</cbc:ID>", b"<cbc:ID>NA</cbc:ID>", 1)
+    invoice = _extract_one(Document(with_na, filename="x.xml"))
+    assert invoice.purchase_order is None and invoice.sales_order == "INK/0117/JM"
+    original = _extract_one(_doc(UBL_INVOICE))
+    assert original.seller and original.seller.legal_id  # BT-30 stated: it wins
+    no_bt30 = re.sub(rb"<cac:PartyLegalEntity>.*?</cac:PartyLegalEntity>", b"", data, count=1, flags=re.S)
+    seller = _extract_one(Document(no_bt30, filename="y.xml")).seller
+    assert seller is not None and seller.legal_id == "7350000001204"  # BT-29 kept instead

@@ -115,9 +115,39 @@ def test_missing_original_is_retried_not_skipped(tmp_path: Path) -> None:
         files.deliver("evt_1", payload)
 
 
-def test_config_rejects_ubl_bad_placeholders_and_separators(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["ubl", "cii"])
+def test_xml_formats_write_schema_valid_einvoices(tmp_path: Path, fmt: str) -> None:
+    from mailingest.pipeline.analyse import analyse
+    from mailingest.render import validate_schema
+
+    fixtures = Path(__file__).parent.parent / "fixtures" / "einvoice"
+    fixture = fixtures / "en16931__testfiles__Invoice-Max_content.xml"
+    invoice = analyse(fixture.read_bytes(), filename=fixture.name).invoices[0]
+    config = tmp_path / "c.toml"
+    config.write_text(f'[[connectors.files]]\nname = "xml"\npath = "{tmp_path / "out"}"\nformat = "{fmt}"\n')
+    files = build_connectors(load_config(config, environ={}))["xml"]
+    payload = {"type": "invoice.validated", "timestamp": "2024-03-02T10:00Z", "data": invoice.to_json_dict()}
+    attempt = files.deliver("evt_1", payload)
+    [written] = list((tmp_path / "out").iterdir())
+    assert written.suffix == ".xml" and attempt.response_excerpt == written.name  # default name, .xml
+    assert validate_schema(written.read_bytes(), fmt) == []  # type: ignore[arg-type]
+    back = analyse(written.read_bytes(), filename=written.name).invoices[0]
+    assert (back.number, back.totals, back.lines) == (invoice.number, invoice.totals, invoice.lines)
+
+
+def test_xml_format_of_an_invoice_that_is_not_canonical_is_permanent(tmp_path: Path) -> None:
+    config = FilesConfig(name="f", path=tmp_path / "out", format="ubl", filename="{number}.xml")
+    files = FilesConnector(config)
+    payload = invoice_payload(tmp_path / "blobs")
+    payload["data"]["totals"]["amount_due"] = "one hundred"
+    with pytest.raises(PermanentDeliveryError, match="UBL XML"):
+        files.deliver("evt_1", payload)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_config_rejects_bad_format_placeholders_and_separators(tmp_path: Path) -> None:
     cases = [
-        ('format = "ubl"', "not available yet"),
+        ('format = "pdf"', "format"),
         ('filename = "{nummer}.json"', "unknown placeholder {nummer}"),
         ('filename = "../{number}.json"', "may not contain /"),
     ]

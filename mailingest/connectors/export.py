@@ -12,11 +12,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import ValidationError
 from sqlmodel import Session
 
-from mailingest.errors import DeliveryError, StorageError
+from mailingest.errors import DeliveryError, MailingestError, PermanentDeliveryError, StorageError
 from mailingest.storage.blobs import BlobStore
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -58,6 +59,22 @@ def field_values(event_id: str, payload: dict[str, Any]) -> dict[str, str]:
     }
     values |= {column: _text(totals.get(key)) for column, key in _MONEY.items()}
     return values
+
+
+def einvoice_xml(payload: dict[str, Any], fmt: Literal["ubl", "cii"]) -> bytes:
+    """The event's canonical invoice as UBL 2.1 or CII XML (``mailingest.render``).
+
+    An invoice that does not even fit the canonical model cannot become better by retrying, so
+    that is a permanent failure; rendering itself never needs a retry either.
+    """
+    from mailingest.models.invoice import Invoice
+    from mailingest.render import render as render_xml
+
+    try:
+        invoice = Invoice.model_validate(invoice_of(payload))
+        return render_xml(invoice, fmt)
+    except (ValidationError, ArithmeticError, MailingestError) as exc:  # Decimal() raises InvalidOperation
+        raise PermanentDeliveryError(f"invoice cannot be written as {fmt.upper()} XML: {exc}") from exc
 
 
 def render(template: str, values: dict[str, str], *, clean: Callable[[str], str] | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Write each invoice to a directory: JSON or CSV, one file per invoice or one CSV per day.
+"""Write each invoice to a directory: JSON, CSV (per invoice or one per day), or UBL / CII XML.
 
 Every file is written atomically (temporary file in the same directory, fsync, ``os.replace``,
 directory fsync), so a program watching the directory never reads half a file and a crash never
@@ -27,7 +27,14 @@ from typing import Any
 
 from mailingest.config import FilesConfig
 from mailingest.connectors.base import Attempt
-from mailingest.connectors.export import field_values, invoice_of, read_original, render, safe_name
+from mailingest.connectors.export import (
+    einvoice_xml,
+    field_values,
+    invoice_of,
+    read_original,
+    render,
+    safe_name,
+)
 from mailingest.errors import DeliveryError
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -79,7 +86,7 @@ class FilesConnector:
 
     def deliver(self, event_id: str, payload: dict[str, Any]) -> Attempt:
         values = field_values(event_id, payload)
-        filename = safe_name(render(self.config.filename, values, clean=safe_name))
+        filename = safe_name(render(self._filename_template(), values, clean=safe_name))
         directory = self.config.path
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -99,9 +106,18 @@ class FilesConnector:
             raise DeliveryError(f"cannot write to {directory}: {exc.strerror or exc}") from exc
         return Attempt(response_excerpt=", ".join(written)[:500])
 
+    def _filename_template(self) -> str:
+        """The configured template; XML formats left on the default name get ``.xml``, not ``.json``."""
+        template = self.config.filename
+        if self.config.format in ("ubl", "cii") and "filename" not in self.config.model_fields_set:
+            template = template.removesuffix(".json") + ".xml"
+        return template
+
     def _render_file(self, payload: dict[str, Any], values: dict[str, str]) -> bytes:
         if self.config.format == "json":
             return json.dumps(invoice_of(payload), indent=2, ensure_ascii=False).encode() + b"\n"
+        if self.config.format in ("ubl", "cii"):
+            return einvoice_xml(payload, self.config.format)
         columns = self.config.csv_columns
         return csv_text([columns, [values[c] for c in columns]]).encode()
 

@@ -9,6 +9,8 @@ where D16B says ``IssuerAssignedID``. Each path below lists the D16B name first,
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from mailingest.models import (
     Address,
     AllowanceCharge,
@@ -66,7 +68,11 @@ def to_invoice(root: Element, reader: Reader) -> Invoice:
     agreement = find(transaction, *_AGREEMENT)
     settlement = find(transaction, *_SETTLEMENT)
     type_code = reader.text("/type_code", document, "TypeCode")
-    currency = reader.text("/currency", settlement, "InvoiceCurrencyCode")
+    summation = find(settlement, *_SUMMATION)
+    currency = reader.text("/currency", settlement, "InvoiceCurrencyCode") or reader.currency_attribute(
+        "/currency", find(summation, "GrandTotalAmount"), find(summation, "DuePayableAmount")
+    )
+    zugferd1 = root.tag.endswith("}CrossIndustryDocument")
     taxes = find_all(settlement, "ApplicableTradeTax")
     return Invoice(
         type="credit_note" if type_code in CREDIT_NOTE_CODES else "invoice",
@@ -92,13 +98,19 @@ def to_invoice(root: Element, reader: Reader) -> Invoice:
         buyer=_party(find(agreement, "BuyerTradeParty"), reader, "/buyer"),
         payee=_party(find(settlement, "PayeeTradeParty"), reader, None),
         payment=_payment(settlement, reader),
-        totals=_totals(find(settlement, *_SUMMATION), currency, reader),
+        totals=_totals(summation, currency, reader, zugferd1=zugferd1),
         vat_breakdown=[_vat_breakdown(tax) for tax in taxes],
         allowance_charges=[
-            *(_allowance_charge(node) for node in find_all(settlement, "SpecifiedTradeAllowanceCharge")),
+            *(
+                _allowance_charge(node, zugferd1=zugferd1)
+                for node in find_all(settlement, "SpecifiedTradeAllowanceCharge")
+            ),
             *(_logistics_charge(node) for node in find_all(settlement, "SpecifiedLogisticsServiceCharge")),
         ],
-        lines=[_line(node) for node in find_all(transaction, "IncludedSupplyChainTradeLineItem")],
+        lines=[
+            _line(node, zugferd1=zugferd1)
+            for node in find_all(transaction, "IncludedSupplyChainTradeLineItem")
+        ],
     )
 
 
@@ -121,7 +133,8 @@ def _party(party: Element | None, reader: Reader, key: str | None) -> Party | No
         trading_name=text(party, "SpecifiedLegalOrganization/TradingBusinessName"),
         vat_id=reader.text_of(key and f"{key}/vat_id", registrations.get("VA")),
         tax_id=text_of(registrations.get("FC")),
-        legal_id=text(party, "SpecifiedLegalOrganization/ID"),
+        # BT-30 legal registration id; a party that states only BT-29 (its own ID / GlobalID) keeps that.
+        legal_id=text(party, "SpecifiedLegalOrganization/ID", "ID", "GlobalID"),
         endpoint_id=text(party, "URIUniversalCommunication/URIID"),
         email=text(party, "DefinedTradeContact/EmailURIUniversalCommunication/URIID"),
         phone=text(party, "DefinedTradeContact/TelephoneUniversalCommunication/CompleteNumber"),
@@ -170,13 +183,15 @@ def _payment(settlement: Element | None, reader: Reader) -> Payment | None:
     )
 
 
-def _totals(summation: Element | None, currency: str | None, reader: Reader) -> Totals:
+def _totals(summation: Element | None, currency: str | None, reader: Reader, *, zugferd1: bool) -> Totals:
     tax_totals = find_all(summation, "TaxTotalAmount")
     # With a separate tax currency (BT-6) VAT is stated twice; BT-110 is the invoice-currency one.
     tax_total = next((t for t in tax_totals if t.get("currencyID") in (None, currency)), None)
     return Totals(
         line_net_total=reader.amount("/totals/line_net_total", summation, "LineTotalAmount"),
-        allowances=reader.amount("/totals/allowances", summation, "AllowanceTotalAmount"),
+        allowances=_unsigned(
+            reader.amount("/totals/allowances", summation, "AllowanceTotalAmount"), zugferd1
+        ),
         charges=reader.amount("/totals/charges", summation, "ChargeTotalAmount"),
         tax_exclusive=reader.amount("/totals/tax_exclusive", summation, "TaxBasisTotalAmount"),
         tax_total=reader.amount_of("/totals/tax_total", tax_total),
@@ -204,11 +219,21 @@ def _vat(tax: Element | None) -> LineVat | None:
     return LineVat(category_code=text(tax, "CategoryCode"), rate=decimal(tax, *_RATE))
 
 
-def _allowance_charge(node: Element) -> AllowanceCharge:
+def _unsigned(amount: Decimal | None, zugferd1: bool) -> Decimal | None:
+    """ZUGFeRD 1.0 generators often write allowances as negative amounts; EN 16931 (BR-CO-11,
+    BR-41) states them as positive values that the allowance indicator subtracts."""
+    if zugferd1 and amount is not None and amount < 0:
+        return -amount
+    return amount
+
+
+def _allowance_charge(node: Element, *, zugferd1: bool = False) -> AllowanceCharge:
+    charge = (text(node, "ChargeIndicator/Indicator") or "").lower() == "true"
+    amount, base = decimal(node, "ActualAmount"), decimal(node, "BasisAmount")
     return AllowanceCharge(
-        charge=(text(node, "ChargeIndicator/Indicator") or "").lower() == "true",
-        amount=decimal(node, "ActualAmount"),
-        base_amount=decimal(node, "BasisAmount"),
+        charge=charge,
+        amount=amount if charge else _unsigned(amount, zugferd1),
+        base_amount=base if charge else _unsigned(base, zugferd1),
         percent=decimal(node, "CalculationPercent"),
         reason=text(node, "Reason"),
         reason_code=text(node, "ReasonCode"),
@@ -226,7 +251,7 @@ def _logistics_charge(node: Element) -> AllowanceCharge:
     )
 
 
-def _line(node: Element) -> Line:
+def _line(node: Element, *, zugferd1: bool = False) -> Line:
     document = find(node, "AssociatedDocumentLineDocument")
     agreement = find(node, *_LINE_AGREEMENT)
     settlement = find(node, *_LINE_SETTLEMENT)
@@ -241,7 +266,8 @@ def _line(node: Element) -> Line:
         vat=_vat(find(settlement, "ApplicableTradeTax")),
         item=_item(find(node, "SpecifiedTradeProduct")),
         allowance_charges=[
-            _allowance_charge(ac) for ac in find_all(settlement, "SpecifiedTradeAllowanceCharge")
+            _allowance_charge(ac, zugferd1=zugferd1)
+            for ac in find_all(settlement, "SpecifiedTradeAllowanceCharge")
         ],
         order_line_reference=text(agreement, "BuyerOrderReferencedDocument/LineID"),
         period_start=date(settlement, "BillingSpecifiedPeriod/StartDateTime", bound="start"),

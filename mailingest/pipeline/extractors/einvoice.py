@@ -11,8 +11,10 @@ confident, wrong invoice.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
+from decimal import Decimal
 from typing import Literal
 
 import pypdfium2 as pdfium
@@ -20,7 +22,7 @@ from lxml import etree
 
 from mailingest.documents import Document
 from mailingest.errors import EncryptedDocument, InputError, MalformedDocument, UnsupportedDocument
-from mailingest.models import Extraction, Invoice, Source, SourceFile
+from mailingest.models import Extraction, Invoice, Source, SourceFile, Validation, ValidationMessage
 from mailingest.pdfium import LOCK as pdfium_lock
 from mailingest.pipeline.detect import Kind, detect
 from mailingest.pipeline.extractors import cii, ubl
@@ -40,6 +42,8 @@ _ROOTS: tuple[tuple[str, frozenset[str], Syntax], ...] = (
 """(namespace prefix, root local names, syntax); prefixes so minor version bumps still match."""
 
 _PDFIUM_PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
+VISIBLE_TEXT_PAGES = 10
+"""Pages read for the visible-text cross-check; of longer PDFs the first and the last half of it."""
 
 # PDFium is not thread-safe, not even across documents; serialise this module's calls into it.
 
@@ -55,7 +59,7 @@ class EInvoiceExtractor:
 
     def __init__(self, *, cache_size: int = 8) -> None:
         self._cache_size = cache_size
-        self._found: OrderedDict[str, Element | None] = OrderedDict()
+        self._found: OrderedDict[str, _Embedded | None] = OrderedDict()
         self._lock = threading.Lock()
 
     def accepts(self, doc: Document, kind: Kind) -> bool:
@@ -69,7 +73,7 @@ class EInvoiceExtractor:
                 self._found.move_to_end(doc.sha256)
                 return self._found[doc.sha256] is not None
         try:
-            embedded = find_embedded_invoice(doc.data)
+            embedded = _find_embedded(doc.data)
         except InputError:
             embedded = None  # a PDF that cannot be opened is the PDF-text extractor's to report
         with self._lock:
@@ -85,10 +89,15 @@ class EInvoiceExtractor:
             known = doc.sha256 in self._found
             embedded = self._found.pop(doc.sha256, None)
         if not known:
-            embedded = find_embedded_invoice(doc.data)
+            embedded = _find_embedded(doc.data)
         if embedded is None:
             raise UnsupportedDocument(f"{doc.label}: the PDF carries no embedded e-invoice XML")
-        return [to_invoice(embedded, doc, embedded=True)]
+        root, visible_text = embedded
+        invoice = to_invoice(root, doc, embedded=True)
+        warnings = visible_text_warnings(invoice, visible_text)
+        if warnings:
+            invoice.validation = Validation(valid=True, messages=warnings)
+        return [invoice]
 
 
 def find_embedded_invoice(pdf_data: bytes) -> Element | None:
@@ -98,19 +107,31 @@ def find_embedded_invoice(pdf_data: bytes) -> Element | None:
     carry other XML (delivery notes, signatures) beside or instead of an invoice. Raises
     ``EncryptedDocument`` / ``MalformedDocument`` when the PDF itself cannot be opened.
     """
-    for data in _xml_attachments(pdf_data):
+    embedded = _find_embedded(pdf_data)
+    return embedded[0] if embedded else None
+
+
+_Embedded = tuple[Element, str]
+"""The invoice root found in a PDF and the PDF's visible text (for the cross-check)."""
+
+
+def _find_embedded(pdf_data: bytes) -> _Embedded | None:
+    attachments, visible_text = _xml_attachments(pdf_data)
+    for data in attachments:
         try:
             root = parse_xml(data)
         except InputError:
             continue
         if syntax_of(root) is not None:
-            return root
+            return root, visible_text
     return None
 
 
-def _xml_attachments(pdf_data: bytes) -> list[bytes]:
-    """``*.xml`` attachments of the PDF, the standard invoice names first, then document order."""
+def _xml_attachments(pdf_data: bytes) -> tuple[list[bytes], str]:
+    """``*.xml`` attachments of the PDF (standard invoice names first, then document order) and,
+    when there are any, the text of its first pages: the PDF is opened once for both."""
     found: list[tuple[str, bytes]] = []
+    visible_text = ""
     with pdfium_lock:
         try:
             pdf = pdfium.PdfDocument(pdf_data)
@@ -128,11 +149,31 @@ def _xml_attachments(pdf_data: bytes) -> list[bytes]:
                     found.append((name, bytes(attachment.get_data())))
                 except pdfium.PdfiumError:
                     continue  # an empty or undecodable attachment holds no invoice
+            if found:
+                visible_text = _page_text(pdf)
         finally:
             pdf.close()
     rank = {name: position for position, name in enumerate(PREFERRED_ATTACHMENTS)}
     found.sort(key=lambda item: rank.get(item[0].lower(), len(rank)))
-    return [data for _, data in found]
+    return [data for _, data in found], visible_text
+
+
+def _page_text(pdf: pdfium.PdfDocument) -> str:
+    """Text of the first ``VISIBLE_TEXT_PAGES`` pages; empty when the PDF has none (a scan)."""
+    count = len(pdf)
+    half = VISIBLE_TEXT_PAGES // 2
+    pages = range(count) if count <= VISIBLE_TEXT_PAGES else [*range(half), *range(count - half, count)]
+    texts = []
+    for index in pages:
+        try:
+            page = pdf[index]
+            textpage = page.get_textpage()
+            texts.append(textpage.get_text_range())
+            textpage.close()
+            page.close()
+        except pdfium.PdfiumError:
+            continue
+    return "\n".join(texts)
 
 
 def syntax_of(root: Element) -> Syntax | None:
@@ -176,3 +217,60 @@ def source_format(syntax: Syntax, profile: str | None, *, embedded: bool) -> str
     if "xrechnung" in (profile or "").lower():
         return "xrechnung"
     return "facturx" if syntax == "cii" else syntax
+
+
+_INVISIBLE = re.compile(r"[\s\u00a0\u202f\u2009]+")
+
+
+def _squeezed(text: str) -> str:
+    """Text without any whitespace, so that layout line breaks and thousands spaces do not count."""
+    return _INVISIBLE.sub("", text)
+
+
+def amount_renderings(amount: Decimal) -> set[str]:
+    """Common printings of a total: ``1234.56``, ``1234,56``, ``1,234.56``, ``1.234,56``, ``1'234.56``."""
+    fixed = format(abs(amount).quantize(Decimal("0.01")), "f")
+    whole, cents = fixed.split(".")
+    grouped = f"{int(whole):,}"
+    return {
+        f"{whole}.{cents}",
+        f"{whole},{cents}",
+        f"{grouped}.{cents}",
+        f"{grouped.replace(',', '.')},{cents}",
+        f"{grouped.replace(',', chr(39))}.{cents}",
+    }
+
+
+def visible_text_warnings(invoice: Invoice, visible_text: str) -> list[ValidationMessage]:
+    """Warnings where the PDF's printed text does not show what its embedded XML says.
+
+    ``MI-PDF-NUMBER``: the XML's invoice number is nowhere in the text. ``MI-PDF-TOTAL``: neither
+    the XML's grand total (BT-112) nor its amount due (BT-115) is, in any common rendering. A PDF
+    without a text layer (a scan) is not compared: absence of text is not disagreement.
+    """
+    text = _squeezed(visible_text)
+    if not text:
+        return []
+    messages = []
+    number = _squeezed(invoice.number or "")
+    if number and number not in text:
+        messages.append(
+            ValidationMessage(
+                rule="MI-PDF-NUMBER",
+                severity="warning",
+                text=f"the embedded XML's invoice number {invoice.number!r} is not in the PDF's visible text",
+                path="/number",
+            )
+        )
+    totals = [t for t in (invoice.totals.tax_inclusive, invoice.totals.amount_due) if t is not None]
+    if totals and not any(r in text for total in totals for r in amount_renderings(total)):
+        shown = " / ".join(format(t, "f") for t in totals)
+        messages.append(
+            ValidationMessage(
+                rule="MI-PDF-TOTAL",
+                severity="warning",
+                text=f"the embedded XML's total ({shown}) is not in the PDF's visible text",
+                path="/totals/tax_inclusive",
+            )
+        )
+    return messages

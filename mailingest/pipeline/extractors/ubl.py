@@ -43,7 +43,11 @@ def profile(root: Element) -> str | None:
 def to_invoice(root: Element, reader: Reader) -> Invoice:
     """Map a UBL root element; ``reader`` collects where the key fields were found."""
     type_code = reader.text("/type_code", root, "InvoiceTypeCode", "CreditNoteTypeCode")
-    currency = reader.text("/currency", root, "DocumentCurrencyCode")
+    currency = reader.text("/currency", root, "DocumentCurrencyCode") or reader.currency_attribute(
+        "/currency",
+        find(root, "LegalMonetaryTotal/PayableAmount"),
+        find(root, "LegalMonetaryTotal/TaxInclusiveAmount"),
+    )
     is_credit = root.tag.endswith("}CreditNote") or type_code in CREDIT_NOTE_CODES
     seller = find(root, "AccountingSupplierParty/Party")
     return Invoice(
@@ -57,7 +61,7 @@ def to_invoice(root: Element, reader: Reader) -> Invoice:
         tax_currency=text(root, "TaxCurrencyCode"),
         notes=texts(root, "Note"),
         buyer_reference=reader.text("/buyer_reference", root, "BuyerReference"),
-        purchase_order=reader.text("/purchase_order", root, "OrderReference/ID"),
+        purchase_order=_purchase_order(root, reader),
         sales_order=text(root, "OrderReference/SalesOrderID"),
         contract=text(root, "ContractDocumentReference/ID"),
         project=text(root, "ProjectReference/ID"),
@@ -75,6 +79,15 @@ def to_invoice(root: Element, reader: Reader) -> Invoice:
     )
 
 
+def _purchase_order(root: Element, reader: Reader) -> str | None:
+    """BT-13. Peppol BIS 3 writes ``NA`` as the order id when only a sales order (BT-14) is known."""
+    value = reader.text("/purchase_order", root, "OrderReference/ID")
+    if value == "NA" and text(root, "OrderReference/SalesOrderID"):
+        reader.fields.pop("/purchase_order", None)
+        return None
+    return value
+
+
 def _party(party: Element | None, reader: Reader, key: str | None) -> Party | None:
     if party is None:
         return None
@@ -89,7 +102,8 @@ def _party(party: Element | None, reader: Reader, key: str | None) -> Party | No
         trading_name=text(party, "PartyName/Name"),
         vat_id=vat_id,
         tax_id=tax_id,
-        legal_id=text(party, "PartyLegalEntity/CompanyID"),
+        # BT-30 legal registration id; a party that states only BT-29 (PartyIdentification) keeps that.
+        legal_id=text(party, "PartyLegalEntity/CompanyID", "PartyIdentification/ID"),
         endpoint_id=text(party, "EndpointID"),
         email=text(party, "Contact/ElectronicMail"),
         phone=text(party, "Contact/Telephone"),

@@ -191,6 +191,18 @@ class Reader:
         self._note(key, element, value is not None)
         return value
 
+    def currency_attribute(self, key: str, *elements: Element | None) -> str | None:
+        """The ``currencyID`` of the first amount element that has one, for documents that state
+        their currency only on the amounts (some ZUGFeRD 1.0 generators omit the currency code)."""
+        for element in elements:
+            value = element.get("currencyID") if element is not None else None
+            if value and value.strip():
+                self.fields[key] = FieldInfo(
+                    confidence=1.0, xpath=f"{element_path(element)}/@currencyID", raw=value.strip()
+                )
+                return str(value.strip())
+        return None
+
     def date(self, key: str | None, node: Element | None, *paths: str) -> str | None:
         element = find(node, *paths)
         value = date_of(element)
