@@ -9,26 +9,40 @@ each message's results are stored exactly once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from mailingest.errors import MailingestError, error_dict
-from mailingest.models import Invoice, new_id
+from mailingest.models import Invoice, Validation, new_id
+from mailingest.models.invoice import Duplicate
 from mailingest.pipeline.analyse import Analysis, DocumentOutcome, analyse
-from mailingest.pipeline.dedupe import find_duplicate, number_key
+from mailingest.pipeline.dedupe import find_duplicates, number_key
+from mailingest.pipeline.validate import STRUCTURED_FORMATS, validate
 from mailingest.storage import repo, tables
 from mailingest.storage.blobs import BlobStore
 from mailingest.storage.db import is_postgres, session_scope
+from mailingest.vendors.history import enrichment, load_history, vendor_facts
+from mailingest.vendors.match import match_vendor
+from mailingest.vendors.profile import apply_profile
 
 log = structlog.get_logger("mailingest.pipeline")
 
 MAX_ATTEMPTS = 5  # a message that crashed the worker this often is parked as failed (poison message)
-Router = Callable[[Invoice, dict[str, str | None]], Invoice]
+
+
+class Router(Protocol):
+    """Routing rules: ``facts`` are namespaces (vendor, duplicate, enrichment) conditions see."""
+
+    def __call__(
+        self, invoice: Invoice, context: dict[str, Any], facts: dict[str, Any] | None = None
+    ) -> Invoice: ...
 
 
 @dataclass
@@ -116,19 +130,68 @@ def document_view(row: tables.Document) -> dict[str, object]:
     return view
 
 
+def _is_structured(invoice: Invoice) -> bool:
+    fmt = invoice.source.format if invoice.source else None
+    return fmt in STRUCTURED_FORMATS
+
+
+def _with_profile(invoice: Invoice, profile: dict[str, Any], default_gl: str | None) -> Invoice:
+    """Apply the vendor's learned profile (PDF/OCR only) and re-validate what it changed."""
+    if _is_structured(invoice) or not (profile or default_gl):
+        return invoice
+    try:
+        improved = apply_profile(invoice, profile, default_gl)
+    except (ValueError, TypeError, ArithmeticError) as exc:  # a profile must never stop the pipeline
+        log.warning("vendor profile not applied", error=str(exc).splitlines()[0])
+        return invoice
+    if improved is invoice:
+        return invoice
+    old = invoice.validation.messages if invoice.validation else []
+    computed = validate(invoice.model_copy(update={"validation": None})).messages
+    notes = [m for m in old if m not in computed]  # what the extractor itself noted
+    improved.validation = validate(improved.model_copy(update={"validation": Validation(messages=notes)}))
+    return improved
+
+
+def _vendor_and_facts(
+    session: Session, msg: tables.Message, doc_row: tables.Document, invoice: Invoice
+) -> tuple[Invoice, dict[str, Any]]:
+    """Match the vendor, apply its profile, find duplicates, enrich: the invoice and its facts."""
+    facts: dict[str, Any] = {}
+    matched = match_vendor(session, invoice, msg.from_addr)
+    if matched is not None:
+        vendor, how = matched
+        invoice = _with_profile(invoice, vendor.profile, vendor.default_gl_account)
+        invoice.vendor_id = vendor.id
+        hist = load_history(session, vendor.id, invoice.currency)
+        facts["vendor"] = {**vendor_facts(vendor, hist, invoice, datetime.now(UTC).date()), "matched_by": how}
+        extra, warnings = enrichment(hist, invoice)
+        invoice.enrichment = extra
+        facts["enrichment"] = extra
+        if warnings:
+            messages = [*(invoice.validation.messages if invoice.validation else []), *warnings]
+            valid = invoice.validation.valid if invoice.validation else True
+            invoice.validation = Validation(valid=valid, messages=messages)
+    dup = find_duplicates(session, invoice, doc_row.sha256, invoice.vendor_id)
+    if dup is not None:
+        invoice.duplicate_of = dup.of
+        invoice.duplicate = Duplicate(of=dup.of, score=dup.score, reasons=dup.reasons, reason=dup.reason)
+        facts["duplicate"] = {"of": dup.of, "score": dup.score, "reasons": dup.reasons}
+    else:
+        facts["duplicate"] = {"of": None, "score": 0.0, "reasons": []}
+    return invoice, facts
+
+
 def _store_invoice(
     session: Session, rt: Runtime, msg: tables.Message, doc_row: tables.Document, invoice: Invoice
 ) -> None:
     invoice.id = invoice_id = new_id("inv")
-    dup = find_duplicate(session, invoice, doc_row.sha256)
-    if dup:
-        invoice.duplicate_of = dup[0]
+    invoice, facts = _vendor_and_facts(session, msg, doc_row, invoice)
     invoice.status = initial_status(invoice)  # type: ignore[assignment]
     if rt.router is not None:
-        invoice = rt.router(invoice, {"mailbox": msg.mailbox, "from": msg.from_addr, "subject": msg.subject})
+        context = {"mailbox": msg.mailbox, "from": msg.from_addr, "subject": msg.subject}
+        invoice = rt.router(invoice, context, facts=facts)
     data = invoice.to_json_dict()
-    if dup:
-        data["duplicate"] = {"of": dup[0], "reason": dup[1]}
     seller = invoice.seller
     session.add(
         tables.Invoice(
@@ -146,6 +209,7 @@ def _store_invoice(
             status=invoice.status,
             valid=invoice.validation.valid if invoice.validation else None,
             duplicate_of=invoice.duplicate_of,
+            vendor_id=invoice.vendor_id,
             data=data,
         )
     )
@@ -156,7 +220,12 @@ def _store_invoice(
         action="invoice.created",
         subject_type="invoice",
         subject_id=invoice_id,
-        detail={"status": invoice.status, "routing": invoice.routing, "duplicate_of": invoice.duplicate_of},
+        detail={
+            "status": invoice.status,
+            "routing": invoice.routing,
+            "duplicate_of": invoice.duplicate_of,
+            "vendor_id": invoice.vendor_id,
+        },
     )
     for event_type in _events_for(invoice):
         repo.add_event(session, type=event_type, subject_id=invoice.id, data=data, connectors=rt.connectors)
