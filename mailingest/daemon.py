@@ -183,7 +183,13 @@ class Daemon:
 
         server = _ApiServer(
             uvicorn.Config(
-                create_app(self.engine, self.health, config=self.config, sources_status=self.sources_status),
+                create_app(
+                    self.engine,
+                    self.health,
+                    config=self.config,
+                    sources_status=self.sources_status,
+                    wake=self.wake,
+                ),
                 log_level="warning",
                 access_log=False,
                 lifespan="off",

@@ -27,9 +27,11 @@ from sqlmodel import Session, col, select
 
 from mailingest.api.auth import Authenticator
 from mailingest.config import Config
+from mailingest.models import Invoice as CanonicalInvoice
 from mailingest.storage import repo
 from mailingest.storage.blobs import BlobStore
 from mailingest.storage.tables import IdempotencyRecord, Invoice, utcnow
+from mailingest.vendors.corrections import record_approval
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 ACTIONABLE = ("validated", "needs_review", "extracted")
@@ -232,6 +234,10 @@ def transition(
             f"invoice {invoice_id} is {old_status}; "
             f"only {', '.join(ACTIONABLE)} invoices can be {new_status}",
         )
+    if new_status == "approved":
+        # An approval without edits confirms what was extracted: the vendor's profile learns
+        # its GL coding and currency from it (same transaction).
+        record_approval(session, row, CanonicalInvoice.model_validate(row.data))
     return _store(
         session,
         row,

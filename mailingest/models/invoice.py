@@ -20,7 +20,13 @@ def _to_decimal(value: Any) -> Any:
         # Floats would smuggle binary rounding into money; go through repr to keep what was meant.
         return Decimal(repr(value))
     if isinstance(value, int | str):
-        return Decimal(str(value).strip())
+        try:
+            number = Decimal(str(value).strip())
+        except ArithmeticError:  # decimal.InvalidOperation: pydantic only reports ValueError
+            raise ValueError(f"not a decimal number: {str(value)[:40]!r}") from None
+        if not number.is_finite():
+            raise ValueError("amounts must be finite numbers")
+        return number
     return value
 
 
@@ -180,6 +186,7 @@ class FieldInfo(_Model):
     bbox: list[float] | None = None
     raw: str | None = None
     xpath: str | None = None
+    learned: str | None = None  # set when a vendor profile supplied ("supplied") or fixed ("fixed") it
 
 
 class Extraction(_Model):
@@ -187,6 +194,7 @@ class Extraction(_Model):
     version: str = "1"
     confidence: float | None = None
     fields: dict[str, FieldInfo] = Field(default_factory=dict)
+    pages: list[int] | None = None  # [first, last] page of the file this invoice was read from
 
 
 class ValidationMessage(_Model):
@@ -199,6 +207,23 @@ class ValidationMessage(_Model):
 class Validation(_Model):
     valid: bool = True
     messages: list[ValidationMessage] = Field(default_factory=list)
+
+
+class Duplicate(_Model):
+    """Why this invoice looks like one stored before (never dropped; see docs/vendors.md)."""
+
+    of: str  # id of the earlier invoice
+    score: float | None = None  # 0-1 (absent on invoices stored by the first release)
+    reasons: list[str] = Field(default_factory=list)
+    reason: str | None = None  # the strongest reason, as in the first release
+
+
+class RuleFiring(_Model):
+    """One routing rule that fired, and where it is written."""
+
+    rule: str
+    file: str | None = None
+    line: int | None = None
 
 
 class Invoice(_Model):
@@ -234,10 +259,15 @@ class Invoice(_Model):
     extraction: Extraction | None = None
     validation: Validation | None = None
     duplicate_of: str | None = None
+    duplicate: Duplicate | None = None
+    vendor_id: str | None = None  # the matched vendor (ven_...)
+    enrichment: dict[str, Any] | None = None  # vendor performance, price anomalies (docs/vendors.md)
     status: Status = "extracted"
     tags: list[str] = Field(default_factory=list)
     approvers: list[str] = Field(default_factory=list)
     routing: list[str] = Field(default_factory=list)  # names of the routing rules that fired, in order
+    firings: list[RuleFiring] = Field(default_factory=list)  # the same firings with file and line
+    deliver_to: list[str] = Field(default_factory=list)  # connectors named by routing rules (see routed_only)
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready dict: decimals as strings, unknowns dropped, ``from`` spelled as in mail."""
