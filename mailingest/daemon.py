@@ -84,9 +84,22 @@ class Daemon:
         self.worker = Worker(runtime, self.wake, self.work_done, self.config.pipeline.poll_interval)
         self.worker_thread = threading.Thread(target=self.worker.run, name="pipeline", daemon=True)
         self.pool = WorkerPool(self.config, self.config.pipeline.workers - 1)
+        if self.pool.processes and threading.current_thread() is threading.main_thread():
+            self._forward_sighup()
         self.dispatch_thread = threading.Thread(
             target=self.dispatcher.run_forever, name="dispatcher", daemon=True
         )
+
+    def _forward_sighup(self) -> None:
+        """``kill -HUP`` reloads the rules here (the watcher's handler) and in every worker."""
+        previous = signal.getsignal(signal.SIGHUP)
+
+        def on_hup(signum: int, frame: Any) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            self.pool.signal(signum)
+
+        signal.signal(signal.SIGHUP, on_hup)
 
     def _start_sources(self) -> None:
         src = self.config.sources

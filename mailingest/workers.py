@@ -12,19 +12,24 @@ idle, and the dispatcher polls the outbox. No cross-process locks or events on p
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
 import time
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
+import httpx
 import structlog
 
 from mailingest.config import Config
 from mailingest.connectors.registry import subscriptions
 from mailingest.errors import MailingestError
+from mailingest.models import Invoice
 from mailingest.pipeline.runner import Router, Runtime, process_next
-from mailingest.routing.rules import apply, load_rules
+from mailingest.routing.hooks import enforce_blockers, run_hooks
+from mailingest.routing.live import LiveRules
+from mailingest.routing.rules import apply
 from mailingest.storage import db
 from mailingest.storage.blobs import BlobStore
 
@@ -33,12 +38,41 @@ SPAWN = multiprocessing.get_context("spawn")
 EXTRA_WORKER_POLL = 0.25  # seconds; how long new mail may wait for an idle extra worker
 
 
-def build_router(config: Config) -> Router:
-    """Load the rules once (a broken rule file stops the start with a clear error)."""
-    rules = load_rules(config.rules.path)
+def build_router(config: Config, *, watch: bool = True) -> Router:
+    """The routing step: validation hooks, then the rules (hot-reloaded; see routing.live).
+
+    A broken rule file stops the start with a clear error; later, a broken edit keeps the last
+    good rules. The returned ``route(invoice, context, facts=None)`` never performs I/O when
+    no hooks are configured.
+    """
+    live = LiveRules(config.rules.path, interval=config.rules.reload)
+    if watch:
+        live.start()
     first = config.rules.match == "first"
-    log.info("routing rules loaded", path=str(config.rules.path), rules=[r.name for r in rules])
-    return lambda invoice, context: apply(rules, invoice, first_match=first, context=context)
+    hooks = [h for h in config.rules.hooks if h.enabled]
+    client = httpx.Client(follow_redirects=False) if hooks else None
+    log.info(
+        "routing rules loaded",
+        path=str(config.rules.path),
+        rules=[r.name for r in live.rules],
+        hooks=[h.name for h in hooks],
+    )
+
+    def route(invoice: Invoice, context: dict[str, Any], facts: dict[str, Any] | None = None) -> Invoice:
+        if client is None:
+            return apply(live.rules, invoice, first_match=first, context=context, facts=facts)
+        checked, results = run_hooks(client, hooks, invoice, context)
+        routed = apply(
+            live.rules,
+            checked,
+            first_match=first,
+            context=context,
+            facts={**(facts or {}), "hooks": results.facts},
+        )
+        return enforce_blockers(routed, results)
+
+    route.live = live  # type: ignore[attr-defined]  # tests and the CLI reach the rule set here
+    return route
 
 
 def build_runtime(config: Config, engine: Any, blobs: BlobStore, worker: str) -> Runtime:
@@ -90,6 +124,9 @@ class Worker:
 
 def _process_main(config_json: str, index: int) -> None:
     """Entry point of an extra worker process."""
+    # The daemon forwards SIGHUP (reload rules) to its workers; until the rules watcher takes the
+    # signal over, it must not end the process (its default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from mailingest import logs
 
     config = Config.model_validate_json(config_json)
@@ -131,6 +168,12 @@ class WorkerPool:
 
     def alive(self) -> bool:
         return all(p.is_alive() for p in self.processes)
+
+    def signal(self, signum: int) -> None:
+        """Pass a signal on to every running worker (SIGHUP: reload the routing rules)."""
+        for process in self.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
 
     def stop(self, timeout: float = 30.0) -> None:
         for process in self.processes:

@@ -173,11 +173,15 @@ def test_daemon_reloads_rules_on_change_keeping_the_last_good_set(
     assert daemon.stop() == 0
 
 
-def test_sighup_reloads_when_polling_is_off(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_reloads_when_polling_is_off(make_daemon: MakeDaemon, tmp_path: Path, workers: int) -> None:
+    """SIGHUP reaches the daemon's own rules and, forwarded, those of every worker process."""
     rules = tmp_path / "hup"
     rules.mkdir()
     (rules / "a.toml").write_text('[[rule]]\nname = "old"\nthen = { tags = ["old"] }\n')
-    daemon = make_daemon(extra=f'\n[rules]\npath = "{rules}"\nreload = "0s"\n')
+    daemon = make_daemon(
+        extra=f'\n[rules]\npath = "{rules}"\nreload = "0s"\n\n[pipeline]\nworkers = {workers}\n'
+    )
     daemon.start()
     (rules / "a.toml").write_text('[[rule]]\nname = "new"\nthen = { tags = ["new"] }\n')
     time.sleep(0.5)
@@ -185,11 +189,16 @@ def test_sighup_reloads_when_polling_is_off(make_daemon: MakeDaemon, tmp_path: P
     assert invoices_by_number(daemon, 1)["H-1"]["tags"] == ["old"]  # no polling: not noticed
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "routing rules reloaded" not in daemon.log() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 15
+    while daemon.log().count("routing rules reloaded") < workers and time.monotonic() < deadline:
         time.sleep(0.1)
-    send(daemon.smtp_port, mail(("two.xml", ubl("H-2", "10", po="P"))))
-    assert invoices_by_number(daemon, 2)["H-2"]["tags"] == ["new"]
+    assert daemon.log().count("routing rules reloaded") == workers  # each process reloaded once
+    for i in range(2, 6):  # several mails: with two processes either may take each one
+        send(daemon.smtp_port, mail((f"n{i}.xml", ubl(f"H-{i}", "10", po="P"))))
+    found = invoices_by_number(daemon, 5)
+    assert {number: found[number]["tags"] for number in found if number != "H-1"} == {
+        f"H-{i}": ["new"] for i in range(2, 6)
+    }
     assert daemon.stop() == 0
 
 

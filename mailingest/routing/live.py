@@ -97,7 +97,7 @@ class LiveRules:
             self._thread = threading.Thread(target=self._run, name="rules-watcher", daemon=True)
             self._thread.start()
         main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+        if main and signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN, None):
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
 
     def request_reload(self) -> None:
