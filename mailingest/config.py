@@ -18,13 +18,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from mailingest.config_base import Duration, Secret, SecretRef, _Section, parse_duration
 from mailingest.config_connectors import *  # noqa: F403 - re-exported: callers import models from here
 from mailingest.config_connectors import ConnectorsConfig
 from mailingest.config_sources import *  # noqa: F403 - re-exported: callers import models from here
-from mailingest.config_sources import SourcesConfig
+from mailingest.config_sources import ExtractionConfig, SourcesConfig
+from mailingest.config_validation import ValidationConfig
 from mailingest.errors import ConfigError
 
 __all__ = [
@@ -59,6 +60,41 @@ class ApiConfig(_Section):
     # "loopback-open": callers on 127.0.0.1/::1 may read without a key while the API listens on
     # loopback; a non-loopback listen address always means "required" (see mailingest.api.auth).
     auth: Literal["required", "loopback-open"] = "loopback-open"
+    # Token bucket per credential (mailingest.api.ratelimit): "N/second|minute|hour|day", "0" = off.
+    rate_limit: str = "600/minute"
+    # Overrides by scope or credential kind ("key", "client"); a credential gets the most generous
+    # entry among its scopes and kind, else rate_limit. e.g. {"vendor:read" = "60/minute"}
+    rate_limits: dict[str, str] = Field(default_factory=dict)
+    # Lifetime of OAuth2 access tokens from POST /oauth/token (also the longest a revoked
+    # client's already-issued token could live if revocation were not checked per request).
+    token_ttl: Duration = Field(default=900.0, gt=0, le=86400)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rates(cls, value: dict[str, str]) -> dict[str, str]:
+        for rate in value.values():
+            parse_rate(rate)
+        return value
+
+
+RATE_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def parse_rate(value: str) -> tuple[int, float] | None:
+    """``"600/minute"`` → (600, 60.0); ``"0"`` or ``"off"`` → None (no limit)."""
+    text = value.strip().lower()
+    if text in ("0", "off", "none"):
+        return None
+    count, _, period = text.partition("/")
+    if not count.strip().isdigit() or int(count) <= 0 or period.strip() not in RATE_PERIODS:
+        raise ValueError(f"rate {value!r}: expected N/second, N/minute, N/hour or N/day, or 0")
+    return int(count), RATE_PERIODS[period.strip()]
 
 
 class PipelineConfig(_Section):
@@ -68,9 +104,22 @@ class PipelineConfig(_Section):
     lease: Duration = 300.0  # a claimed message is retried by another worker after this
 
 
+class HookConfig(_Section):
+    """An HTTP validation hook called with each invoice before the routing rules (docs/routing.md)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    url: str = Field(pattern=r"^https?://")
+    timeout: Duration = 10.0
+    secret: SecretRef | None = None  # whsec_... : signed like webhooks (Standard Webhooks headers)
+    on_error: Literal["block", "allow"] = "block"  # hook down or answering nonsense: review, or go on
+    enabled: bool = True
+
+
 class RulesConfig(_Section):
     path: Path = Path("rules")
     match: Literal["all", "first"] = "all"  # every matching rule fires, or only the first
+    reload: Duration = 2.0  # poll the rule files for changes this often (0: only on SIGHUP)
+    hooks: list[HookConfig] = Field(default_factory=list)
 
 
 class OutboxConfig(_Section):
@@ -88,9 +137,11 @@ class Config(_Section):
     api: ApiConfig = Field(default_factory=ApiConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)  # docs/extraction.md
     rules: RulesConfig = Field(default_factory=RulesConfig)
     connectors: ConnectorsConfig = Field(default_factory=ConnectorsConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)  # docs/einvoices.md
 
     @property
     def storage_url(self) -> str:

@@ -21,6 +21,19 @@ def _recipient_pattern(pattern: str) -> str:
     return f"{local}@{domain}"
 
 
+_OCR_LANGUAGE = r"^[a-z]{3}(?:_[a-z]+)?$"  # Tesseract traineddata names: eng, deu, chi_sim
+OcrLanguages = list[Annotated[str, Field(pattern=_OCR_LANGUAGE)]] | None
+"""Tesseract languages for scans from this source (``["deu", "eng"]``); ``None`` = ``[extraction]``'s."""
+
+
+class ExtractionConfig(_Section):
+    """``[extraction]``: how documents are read (docs/extraction.md)."""
+
+    # Tesseract languages for OCR; empty = every one of eng, deu, fra, spa, ita, nld that is
+    # installed. Fewer languages OCR faster and misread less; sources can override it.
+    ocr_languages: list[Annotated[str, Field(pattern=_OCR_LANGUAGE)]] = []
+
+
 class SmtpSourceConfig(_Section):
     """The SMTP receiver. ``250`` means durably stored: a burst is slowed down (at most
     ``max_concurrent`` messages are being committed at once), never dropped."""
@@ -37,6 +50,7 @@ class SmtpSourceConfig(_Section):
     auth_users: dict[str, SecretRef] = {}  # username → password secret; when set, AUTH is required
     allow_auth_without_tls: bool = False  # AUTH over plain text (loopback/tests only)
     max_concurrent: int = Field(default=16, gt=0)  # messages committed at once; more wait
+    ocr_languages: OcrLanguages = None  # e.g. ["deu", "eng"]; None = [extraction] ocr_languages
 
     @model_validator(mode="after")
     def _coherent_security(self) -> SmtpSourceConfig:
@@ -58,6 +72,7 @@ class DropSourceConfig(_Section):
     path: Path | None = None  # default: <data_dir>/inbox
     poll_interval: Duration = 1.0
     settle_time: Duration = 0.5  # a file must be this old (unchanged) before it is taken
+    ocr_languages: OcrLanguages = None  # e.g. ["deu", "eng"]; None = [extraction] ocr_languages
 
 
 _IMAP_KEYWORD = r"^[A-Za-z0-9$_.\-]+$"  # an IMAP keyword atom such as $Processed (no system flags)
@@ -238,6 +253,7 @@ class ImapSourceConfig(_Section):
     connect_timeout: Duration = Field(default=30.0, gt=0)
     read_timeout: Duration = Field(default=120.0, gt=0)
     reconnect_max: Duration = Field(default=300.0, gt=0)
+    ocr_languages: OcrLanguages = None  # e.g. ["deu", "eng"]; None = [extraction] ocr_languages
 
     @property
     def effective_port(self) -> int:
@@ -311,6 +327,7 @@ class GraphSourceConfig(_Section):
     timeout: Duration = Field(default=30.0, gt=0)
     after_processing: GraphAction = Field(default_factory=_graph_done)
     on_failure: GraphAction = Field(default_factory=_graph_failed)
+    ocr_languages: OcrLanguages = None  # e.g. ["deu", "eng"]; None = [extraction] ocr_languages
 
     @model_validator(mode="after")
     def _not_into_itself(self) -> GraphSourceConfig:
@@ -347,3 +364,26 @@ class SourcesConfig(_Section):
         if dupes:
             raise ValueError(f"IMAP account names must be unique: {', '.join(dupes)}")
         return self
+
+
+def ocr_languages_for(
+    sources: SourcesConfig, extraction: ExtractionConfig, channel: str | None, mailbox: str | None
+) -> str | None:
+    """The Tesseract language string (``"deu+eng"``) for a message from ``channel``/``mailbox``.
+
+    ``mailbox`` is what the source records on each message (IMAP and Graph: ``<name>/<folder>``,
+    SMTP: its ``mailbox``, drop: the folder path). ``None`` means OCR's default (all installed).
+    """
+    chosen: list[str] | None = None
+    if channel == "imap" or channel == "graph":
+        configs: list[ImapSourceConfig] | list[GraphSourceConfig] = (
+            sources.imap if channel == "imap" else sources.graph
+        )
+        name = (mailbox or "").split("/", 1)[0]
+        chosen = next((c.ocr_languages for c in configs if c.name == name), None)
+    elif channel == "smtp":
+        chosen = sources.smtp.ocr_languages
+    elif channel == "drop":
+        chosen = sources.drop.ocr_languages
+    chosen = chosen or extraction.ocr_languages
+    return "+".join(chosen) if chosen else None

@@ -90,7 +90,7 @@ def test_eval_over_the_fixtures_prints_one_json_report() -> None:
     result = run_eval("fixtures/einvoice", "fixtures/pdf", "--json", "--show-misses", "3")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["files"] == 16  # files with a .truth.json; not-a-pdf.pdf & co. have none
+    assert report["files"] == 19  # files with a .truth.json; not-a-pdf.pdf & co. have none
     assert set(report) >= {"overall", "fields", "kinds", "ms_per_file", "robustness", "worst", "misses"}
     assert report["fields"]["totals.amount_due"]["scored"] > 0
     assert "loose_correct" in report["fields"]["seller.name"]

@@ -33,8 +33,8 @@ from mailingest.pipeline.extractors.pdf_values import (
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pdf"
 INVOICES = sorted(p for p in FIXTURES.glob("*.pdf") if p.with_name(p.name + ".truth.json").exists())
-# line_count stays out until line items are extracted (a later issue); source/notes describe the file.
-NOT_EXTRACTED = {"line_count", "source", "notes"}
+# source/notes describe the file; line_count is compared as the number of lines extracted.
+NOT_EXTRACTED = {"source", "notes"}
 
 
 def extract(path: Path, **options: Any) -> list[Invoice]:
@@ -253,6 +253,7 @@ def test_golden_fixture_matches_truth(path: Path) -> None:
     got = flatten(invoices[0].to_json_dict())
     transfers = invoices[0].payment.credit_transfers if invoices[0].payment else []
     got["payment.iban"] = transfers[0].iban if transfers else None
+    got["line_count"] = len(invoices[0].lines)
     expected = {k: v for k, v in flatten(truth).items() if k not in NOT_EXTRACTED}
     mismatches = {
         k: (got.get(k), v)

@@ -26,6 +26,8 @@ from mailingest.errors import (
 from mailingest.models import Invoice, Source, SourceFile
 from mailingest.pipeline.detect import detect
 from mailingest.pipeline.extractors import extract_document
+from mailingest.pipeline.extractors.ocr import OCR_LANGUAGES
+from mailingest.pipeline.extractors.pdf_parties import apply_sender_name
 from mailingest.pipeline.normalize import normalize
 from mailingest.pipeline.validate import validate
 
@@ -134,25 +136,40 @@ def analyse(
     """Everything the pipeline learns from one input, without storing anything.
 
     Raises ``MimeError`` only when the input is not usable at all (e.g. 0 bytes of mail).
+    ``context["ocr_languages"]`` (``"deu+eng"`` or a list) picks the OCR languages for this input;
+    the daemon fills it from the source's ``ocr_languages`` (``config_sources.ocr_languages_for``).
     """
     context = context or {}
     unpacked = load_input(data, filename)
     outcomes = []
-    for doc in unpacked.documents:
-        outcome = extract_one(doc, max_bytes=max_bytes)
-        outcome.invoices = [
-            _finish(
-                inv,
-                _source_for(
-                    doc, context, unpacked.meta if unpacked.meta.message_id or unpacked.meta.from_ else None
-                ),
-            )
-            for inv in outcome.invoices
-        ]
-        outcomes.append(outcome)
+    # The mailbox's OCR languages reach the OCR extractor without widening the Extractor protocol.
+    languages = OCR_LANGUAGES.set(_languages(context.get("ocr_languages")))
+    try:
+        for doc in unpacked.documents:
+            outcomes.append(_analyse_document(doc, context, unpacked, max_bytes))
+    finally:
+        OCR_LANGUAGES.reset(languages)
     return Analysis(
         meta=unpacked.meta, documents=outcomes, problems=list(unpacked.problems), links=list(unpacked.links)
     )
+
+
+def _languages(value: Any) -> str | None:
+    """``"deu+eng"``, ``["deu", "eng"]`` or nothing, as Tesseract's ``deu+eng``."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value) or None
+    return str(value) if value else None
+
+
+def _analyse_document(
+    doc: Document, context: dict[str, Any], unpacked: mime.Unpacked, max_bytes: int
+) -> DocumentOutcome:
+    outcome = extract_one(doc, max_bytes=max_bytes)
+    meta = unpacked.meta if unpacked.meta.message_id or unpacked.meta.from_ else None
+    for inv in outcome.invoices:
+        apply_sender_name(inv, meta.from_ if meta else None)
+    outcome.invoices = [_finish(inv, _source_for(doc, context, meta)) for inv in outcome.invoices]
+    return outcome
 
 
 def _finish(invoice: Invoice, source: Source) -> Invoice:

@@ -12,6 +12,10 @@ from mailingest.documents import Document
 
 Kind = Literal["pdf", "xml", "image", "zip", "message", "tnef", "msg", "text", "html", "empty", "other"]
 
+_HEIF_BRANDS = tuple(
+    b"ftyp" + b for b in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+)
+"""ISO-BMFF brands of HEIC/HEIF photos (iPhones since 2017), opened through pillow-heif."""
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF8", b"BM")
 
 
@@ -27,7 +31,7 @@ def detect(doc: Document) -> Kind:
         return "zip"
     if b"%PDF-" in head:
         return "pdf"
-    if head.startswith(_IMAGE_MAGIC) or (head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1")):
+    if head.startswith(_IMAGE_MAGIC) or head[4:12] in _HEIF_BRANDS:
         return "image"
     if head.startswith(b"\x78\x9f\x3e\x22"):
         return "tnef"

@@ -24,6 +24,7 @@ from mailingest.documents import Document
 from mailingest.errors import EncryptedDocument, InputError, MalformedDocument, UnsupportedDocument
 from mailingest.models import Extraction, Invoice, Source, SourceFile, Validation, ValidationMessage
 from mailingest.pdfium import LOCK as pdfium_lock
+from mailingest.pipeline import schematron
 from mailingest.pipeline.detect import Kind, detect
 from mailingest.pipeline.extractors import cii, ubl
 from mailingest.pipeline.extractors.xmlfields import Element, Reader
@@ -84,7 +85,8 @@ class EInvoiceExtractor:
 
     def extract(self, doc: Document) -> list[Invoice]:
         if detect(doc) != "pdf":
-            return [to_invoice(parse_xml(doc.data), doc, embedded=False)]
+            root = parse_xml(doc.data)
+            return [_with_schematron(to_invoice(root, doc, embedded=False), root, [])]
         with self._lock:
             known = doc.sha256 in self._found
             embedded = self._found.pop(doc.sha256, None)
@@ -94,10 +96,19 @@ class EInvoiceExtractor:
             raise UnsupportedDocument(f"{doc.label}: the PDF carries no embedded e-invoice XML")
         root, visible_text = embedded
         invoice = to_invoice(root, doc, embedded=True)
-        warnings = visible_text_warnings(invoice, visible_text)
-        if warnings:
-            invoice.validation = Validation(valid=True, messages=warnings)
-        return [invoice]
+        return [_with_schematron(invoice, root, visible_text_warnings(invoice, visible_text))]
+
+
+def _with_schematron(invoice: Invoice, root: Element, messages: list[ValidationMessage]) -> Invoice:
+    """Attach the extractor's messages plus, when ``[validation] schematron`` is on, the official
+    Schematron's (``pipeline.schematron``: never raises; the pipeline's own rules run later)."""
+    syntax = syntax_of(root)
+    if syntax in ("ubl", "cii"):
+        messages = messages + schematron.check(invoice, root, syntax)
+    if messages:
+        valid = not any(m.severity == "error" for m in messages)
+        invoice.validation = Validation(valid=valid, messages=messages)
+    return invoice
 
 
 def find_embedded_invoice(pdf_data: bytes) -> Element | None:

@@ -18,22 +18,26 @@ import functools
 import io
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
+import pillow_heif
 import pypdfium2 as pdfium
 import pytesseract
 import structlog
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageFilter, ImageOps, ImageSequence, UnidentifiedImageError
 
 from mailingest.documents import Document
 from mailingest.errors import DocumentTooLarge, MalformedDocument, UnsupportedDocument
 from mailingest.models import Invoice, Source, SourceFile
 from mailingest.pdfium import LOCK as pdfium_lock
 from mailingest.pipeline.detect import Kind
-from mailingest.pipeline.extractors.pdf_fields import extract_invoice
+from mailingest.pipeline.extractors.pdf_fields import KEY_FIELDS
 from mailingest.pipeline.extractors.pdf_layout import TextLine
+from mailingest.pipeline.extractors.pdf_split import extract_invoices
 from mailingest.pipeline.extractors.pdf_text import has_text_layer
 
 EXTRACTOR = "ocr"
@@ -47,9 +51,27 @@ ASSUMED_DPI = 300
 UPSCALE_BELOW_PX = 1000
 """Narrower images (receipt photos, thumbnails) are enlarged 2x: Tesseract wants ~20 px letters."""
 WANTED_LANGUAGES = ("eng", "deu", "fra", "spa", "ita", "nld")
+RULE_MIN_IN = 0.8
+"""Dark runs at least this long (inches) may be ruling lines (if also thin); words are never
+solid over that length, and the stems of big letters are shorter."""
+RULE_MAX_THICK_IN = 0.03
+"""Ruling lines are thinner than this (inches); a dark run with dark further out is lettering."""
+RULE_DARK = 90
+"""Grey level under which a squeezed run is a line (0 black .. 255 white)."""
 MAX_SKEW_DEG = 5.0
 SKEW_STEP_DEG = 0.5
 
+LOW_CONFIDENCE = 0.7
+"""Below this mean word confidence a page is checked for being upside down or sideways (OSD).
+Upright pages score 0.85-0.95 here (receipts too), sideways or upside-down ones about 0.55."""
+OSD_MAX_PX = 1400
+"""OSD reads a page reduced to this size: as reliable on A4 at 300 dpi, and faster."""
+
+OCR_LANGUAGES: ContextVar[str | None] = ContextVar("ocr_languages", default=None)
+"""Tesseract languages for the document being analysed (a mailbox's ``ocr_languages``), set by
+``analyse``; ``None`` = the extractor's own or every installed wanted language."""
+
+pillow_heif.register_heif_opener()  # HEIC/HEIF phone photos open like any other image
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check, also for code that bypasses ours
 # Debian's Tesseract uses OpenMP, whose spinning threads made one A4 page take 5.6 s instead of
 # 1.3 s here (2 cores); documents are OCRed in parallel by the pipeline, not threads in one page.
@@ -64,6 +86,17 @@ def installed_languages() -> frozenset[str]:
         return frozenset(pytesseract.get_languages(config=""))
     except (pytesseract.TesseractNotFoundError, pytesseract.TesseractError):
         return frozenset()
+
+
+def usable_languages(languages: str | None) -> str:
+    """``languages`` ("deu+eng") cut down to what is installed; the default when nothing is left."""
+    if not languages:
+        return default_languages()
+    installed = installed_languages()
+    found = [lang for lang in languages.split("+") if lang and (not installed or lang in installed)]
+    if len(found) < len([lang for lang in languages.split("+") if lang]):
+        log.warning("ocr languages not installed", wanted=languages, using="+".join(found) or "default")
+    return "+".join(found) if found else default_languages()
 
 
 def default_languages() -> str:
@@ -121,7 +154,8 @@ def _image_pages(data: bytes, label: str) -> Iterator[_Page]:
                 return
             _check_pixels(frame.width, frame.height, label)
             dpi = frame.info.get("dpi", (0, 0))[0]
-            yield _Page(number, frame.convert("L"), float(dpi) if 150 <= dpi <= 1200 else ASSUMED_DPI)
+            upright = ImageOps.exif_transpose(frame) if number == 1 else frame  # phone photos: EXIF turn
+            yield _Page(number, upright.convert("L"), float(dpi) if 150 <= dpi <= 1200 else ASSUMED_DPI)
     except Image.DecompressionBombError as exc:
         raise DocumentTooLarge(f"{label}: image refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
@@ -191,12 +225,40 @@ def _deskew(image: Image.Image) -> Image.Image:
     return image.rotate(best_angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=255)
 
 
-def _prepare(page: _Page) -> _Page:
+def _remove_rules(image: Image.Image, dpi: float) -> Image.Image:
+    """White out long ruling lines (table grids, boxes round a field), which can make Tesseract
+    skip the text inside them. Only used for a second pass: on pages where the first reading was
+    fine, remnants of slanted rules read as stray letters ("x Au bon moulin").
+
+    Squeezing the page along a direction averages runs of ``RULE_MIN_IN`` inches: a ruling line
+    stays dark, text (letters with gaps) turns light. Stretched back, the dark parts are the
+    mask painted white. Pillow resizes only, ~30 ms a page.
+    """
+    run = max(int(RULE_MIN_IN * dpi), 8)
+    thin = max(int(RULE_MAX_THICK_IN * dpi), 2)
+    w, h = image.size
+    if w < run * 2 or h < run * 2:
+        return image
+    mask = Image.new("L", image.size, 0)
+    for size, dx, dy in (((max(w // run, 1), h), 0, thin), ((w, max(h // run, 1)), thin, 0)):
+        squeezed = image.resize(size, Image.Resampling.BOX)
+        dark = squeezed.point(lambda v: 255 if v < RULE_DARK else 0)
+        # A rule is thin: light again ``thin`` pixels to either side. Bold letters are not.
+        beside = ImageChops.lighter(ImageChops.offset(dark, dx, dy), ImageChops.offset(dark, -dx, -dy))
+        line = ImageChops.subtract(dark, beside)
+        mask = ImageChops.lighter(mask, line.resize(image.size, Image.Resampling.NEAREST))
+    if not mask.getbbox():
+        return image
+    return ImageChops.lighter(image, mask.filter(ImageFilter.MaxFilter(3)))
+
+
+def _prepare(page: _Page, rules: bool = False) -> _Page:
     image, dpi = page.image, page.dpi
     if image.width < UPSCALE_BELOW_PX:
         image = image.resize((image.width * 2, image.height * 2), Image.Resampling.LANCZOS)
         dpi *= 2
-    return _Page(page.number, _deskew(image), dpi)
+    image = _deskew(image)
+    return _Page(page.number, _remove_rules(image, dpi) if rules else image, dpi)
 
 
 def _ocr_words(page: _Page, languages: str, deadline: _Deadline, label: str) -> dict[str, list[str]]:
@@ -216,6 +278,47 @@ def _ocr_words(page: _Page, languages: str, deadline: _Deadline, label: str) -> 
             raise deadline.exceeded() from exc
         raise
     return data
+
+
+_OSD_ROTATE = re.compile(r"Rotate:\s*(\d+)")
+
+
+def _osd_rotation(page: _Page, deadline: _Deadline) -> int:
+    """Degrees to turn ``page`` clockwise to make it upright, by Tesseract's OSD (0 if unsure)."""
+    remaining = deadline.remaining()
+    if remaining <= 0 or "osd" not in installed_languages():
+        return 0
+    small = page.image.copy()
+    small.thumbnail((OSD_MAX_PX, OSD_MAX_PX))
+    try:
+        osd = pytesseract.image_to_osd(small, config="--psm 0", timeout=min(remaining, 10))
+    except (pytesseract.TesseractError, RuntimeError):
+        return 0  # too little text to tell, or out of time: keep the page as it is
+    m = _OSD_ROTATE.search(str(osd))
+    return int(m.group(1)) % 360 if m else 0
+
+
+def _mean_confidence(words: dict[str, list[str]]) -> float:
+    confs = [float(c) for c, t in zip(words["conf"], words["text"], strict=False) if str(t).strip()]
+    confs = [c for c in confs if c >= 0]
+    return sum(confs) / len(confs) / 100 if confs else 0.0
+
+
+def _read_page(
+    page: _Page, languages: str, deadline: _Deadline, label: str, rules: bool = False
+) -> list[_OcrLine]:
+    """OCR one page; a page read with low confidence is asked for its orientation and, when it is
+    turned (a sideways or upside-down scan), read again the right way up."""
+    prepared = _prepare(page, rules)
+    words = _ocr_words(prepared, languages, deadline, label)
+    if _mean_confidence(words) < LOW_CONFIDENCE and (turn := _osd_rotation(prepared, deadline)):
+        upright = _Page(page.number, page.image.rotate(-turn, expand=True), page.dpi)
+        again = _prepare(upright, rules)
+        words_again = _ocr_words(again, languages, deadline, label)
+        if _mean_confidence(words_again) > _mean_confidence(words):
+            log.info("ocr page turned upright", document=label, page=page.number, degrees=turn)
+            prepared, words = again, words_again
+    return _lines(prepared, words)
 
 
 def _lines(page: _Page, words: dict[str, list[str]]) -> list[_OcrLine]:
@@ -296,39 +399,57 @@ class OcrExtractor:
     def accepts(self, doc: Document, kind: Kind) -> bool:
         return kind == "image" or (kind == "pdf" and not has_text_layer(doc.data))
 
-    def read_lines(self, doc: Document) -> list[_OcrLine]:
+    def read_lines(self, doc: Document, *, remove_rules: bool = False) -> list[_OcrLine]:
         """OCR lines of every page of ``doc`` (an image or a PDF), within the time budget."""
         if len(doc.data) > self.max_bytes:
             raise DocumentTooLarge(f"{doc.label}: {len(doc.data)} bytes is over the {self.max_bytes} limit")
         deadline = _Deadline(self.time_budget, doc.label)
-        languages = self.languages or default_languages()
+        languages = usable_languages(OCR_LANGUAGES.get() or self.languages)
         is_pdf = b"%PDF-" in doc.data[:1024]
         pages = _pdf_pages(doc.data, doc.label, deadline) if is_pdf else _image_pages(doc.data, doc.label)
         lines: list[_OcrLine] = []
         for page in pages:
-            prepared = _prepare(page)
-            lines.extend(_lines(prepared, _ocr_words(prepared, languages, deadline, doc.label)))
+            lines.extend(_read_page(page, languages, deadline, doc.label, remove_rules))
         return lines
 
     def extract(self, doc: Document) -> list[Invoice]:
         """The invoice read from ``doc``; ``[]`` when the OCR text does not look like one."""
         lines = self.read_lines(doc)
-        invoice = extract_invoice([ocr.line for ocr in lines])
-        if invoice is None or invoice.extraction is None:
-            return []
-        mean = sum(ocr.confidence for ocr in lines) / len(lines)
-        for info in invoice.extraction.fields.values():
-            info.confidence = round(info.confidence * _confidence_at(lines, info.page, info.bbox, mean), 3)
-        if invoice.extraction.confidence is not None:
-            invoice.extraction.confidence = round(invoice.extraction.confidence * mean, 2)
-        invoice.extraction.extractor = EXTRACTOR
-        invoice.source = Source(
-            file=SourceFile(
-                name=doc.filename, sha256=doc.sha256, content_type=doc.content_type, size=doc.size
-            ),
-            format=EXTRACTOR,
-        )
-        return [invoice]
+        invoices = [inv for inv in extract_invoices([ocr.line for ocr in lines]) if inv.extraction]
+        if not any(_complete(inv) for inv in invoices):
+            # Number or total missing: boxes and table grids may have hidden them from Tesseract.
+            # Read again with the ruling lines whited out, and keep the reading that found more.
+            ruled = self.read_lines(doc, remove_rules=True)
+            again = [inv for inv in extract_invoices([ocr.line for ocr in ruled]) if inv.extraction]
+            if sum(map(_found, again)) > sum(map(_found, invoices)):
+                lines, invoices = ruled, again
+        mean = sum(ocr.confidence for ocr in lines) / len(lines) if lines else 0.0
+        for invoice in invoices:
+            assert invoice.extraction is not None
+            for info in invoice.extraction.fields.values():
+                info.confidence = round(
+                    info.confidence * _confidence_at(lines, info.page, info.bbox, mean), 3
+                )
+            if invoice.extraction.confidence is not None:
+                invoice.extraction.confidence = round(invoice.extraction.confidence * mean, 2)
+            invoice.extraction.extractor = EXTRACTOR
+            invoice.source = Source(
+                file=SourceFile(
+                    name=doc.filename, sha256=doc.sha256, content_type=doc.content_type, size=doc.size
+                ),
+                format=EXTRACTOR,
+            )
+        return invoices
+
+
+def _found(invoice: Invoice) -> int:
+    """How many key fields a reading found (to compare two OCR passes of one document)."""
+    assert invoice.extraction is not None
+    return sum(1 for key in KEY_FIELDS if key in invoice.extraction.fields)
+
+
+def _complete(invoice: Invoice) -> bool:
+    return invoice.number is not None and invoice.totals.amount_due is not None
 
 
 def _confidence_at(

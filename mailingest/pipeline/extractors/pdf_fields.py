@@ -15,7 +15,16 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
-from mailingest.models import CreditTransfer, Extraction, FieldInfo, Invoice, Party, Payment, Totals
+from mailingest.models import (
+    CreditTransfer,
+    Extraction,
+    FieldInfo,
+    Invoice,
+    Party,
+    Payment,
+    Totals,
+    Validation,
+)
 from mailingest.pipeline.extractors.pdf_layout import (
     SEPARATORS,
     TITLE_WORDS,
@@ -26,6 +35,7 @@ from mailingest.pipeline.extractors.pdf_layout import (
     best,
     labels,
 )
+from mailingest.pipeline.extractors.pdf_lines import find_line_items, line_sum_message, to_lines
 from mailingest.pipeline.extractors.pdf_parties import find_parties
 from mailingest.pipeline.extractors.pdf_totals import ChosenTotals, choose_totals, total_candidates
 from mailingest.pipeline.extractors.pdf_values import (
@@ -55,23 +65,23 @@ _NUMBER_STRONG = labels(
     r"\b(?:bill|credit\s*note)\s*(?:no\b\.?|number|#)",
     r"\b\w*rechnungs?[\s-]*(?:nummer|nr\b\.?|no\b\.?|#)",
     r"\b(?:beleg|gutschrifts?)[\s-]*(?:nummer|nr\b\.?)",
-    r"\b(?:facture|avoir)\s*(?:n\s?°|no\b\.?|num[ée]ro|#)",
-    r"\bn(?:°|o\b\.?|um[ée]ro)\s*(?:de\s+)?(?:la\s+)?(?:facture|factura|fattura|avoir)",
+    r"\b(?:facture|avoir)\s*(?:n(?:\.?\s?[°º]|\.o\b)|no\b\.?|num[ée]ro|#)",
+    r"\bn(?:\.?[°º]|o\b\.?|um[ée]ro)\s*(?:de\s+)?(?:la\s+)?(?:facture|factura|fattura|avoir)",
     r"\bfactuur\s*(?:nummer|nr\b\.?|no\b\.?)",
     r"\bn[úu]mero\s+de\s+factura",
-    r"\bfactura\s*(?:n\s?°|no\b\.?|núm\b\.?|#)",
-    r"\bfattura\s*(?:n\b\.?|nr\b\.?|n°|numero)",
+    r"\bfactura\s*(?:n(?:\.?\s?[°º]|\.o\b)|no\b\.?|núm\b\.?|#)",
+    r"\bfattura\s*(?:n(?:\.?\s?[°º]|\.o\b)|n\b\.?|nr\b\.?|numero)",
     r"\bnumero\s+(?:di\s+|della\s+)?fattura",
 )
 _TITLE = r"invoice|\w*rechnung|gutschrift|facture|avoir|factuur|factura|fattura|credit\s*note"
 _NUMBER_TITLE = labels(rf"\b(?:{TITLE_WORDS})\b")
-_NUMBER_BARE = re.compile(r"^\s*(?:nr\.?|no\.|n°|#)(?=[\s\d:])", _I)
+_NUMBER_BARE = re.compile(r"^\s*(?:nr\.?|no\.|n\.?[°º]|n\.o\b|#)(?=[\s\d:])", _I)
 _CREDIT_NOTE = labels(
     r"\bcredit\s*note\b|\bgutschrift\b|\brechnungskorrektur\b|\bavoir\b|\bnota\s+de\s+cr[ée]dito\b",
     r"\bcreditnota\b|\bnota\s+di\s+credito\b|\bfactura\s+rectificativa\b",
 )
 _ID_GAP = re.compile(
-    r"[\s:#=.\-–]*(?:(?:n\s?°|no\.|nr\.?|num(?:ber|[ée]ro)?\.?|nummer)\s*[:#]?\s*)?#?\s*", _I
+    r"[\s:#=.\-–]*(?:(?:n(?:\.?\s?[°º]|\.o\b)|no\.|nr\.?|num(?:ber|[ée]ro)?\.?|nummer)\s*[:#]?\s*)?#?\s*", _I
 )
 _ID_TOKEN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9/_.\-]*[A-Za-z0-9])?")
 
@@ -87,7 +97,7 @@ def find_identifier(text: str, offset: int) -> list[tuple[str, int, int]]:
     return [(m.group(0), m.start(), m.end())]
 
 
-def _number_candidates(layout: Layout) -> Iterator[Candidate]:
+def number_candidates(layout: Layout) -> Iterator[Candidate]:
     """Per line, the number under its most specific label: "Invoice No", "Rechnung", bare "Nr."."""
     passes = ((_NUMBER_STRONG, 0.9, True), (_NUMBER_TITLE, 0.7, False), (_NUMBER_BARE, 0.45, False))
     for line in layout.lines:
@@ -124,14 +134,14 @@ _ISSUE_EXCLUDE = labels(
 )
 _DUE = labels(
     r"\bdue\s*(?:date|on|by)?\b|\bdate\s+due\b|\bpay(?:ment|able)?\s+(?:by|before|until)\b",
-    r"\bremit\s+(?:by|until|before)\b|\bf[äa]llig(?:keit)?(?:s?datum)?\b|\bzahlungsziel\b",
+    r"\bremit\s+(?:by|until|before)\b|\bf[äa]llig(?:keit)?(?:s?datum)?(?:\s+am)?\b|\bzahlungsziel\b",
     r"\bzahlbar\b(?:(?!skonto|rabatt)[^.]){0,40}?\b(?:bis(?:\s+zum)?|sp[äa]testens(?:\s+am)?)",
     r"\b[üu]berweisen\s+sie\b[^.]{0,30}?\bbis(?:\s+zum)?",
     r"\b(?:date\s+d'?)?[ée]ch[ée]ance\b|\bdate\s+limite(?:\s+de\s+(?:paiement|r[èe]glement))?\b",
     r"\b[àa]\s+(?:payer|r[ée]gler)\s+avant(?:\s+le)?\b|\b(?:fecha\s+de\s+)?vencimiento\b",
     r"\b(?:data\s+(?:di\s+)?)?scadenza\b|\bvervaldatum\b|\buiterste\s+betaaldatum\b",
 )
-_DATE_GAP = re.compile(r"[\s:.,\-–]*(?:(?:le|du|am|on|the|den|zum|el|il|op)\s+)?", _I)
+_DATE_GAP = re.compile(r"[\s:.,\-–]*(?:(?:le|du|am|on|the|den|zum|el|il|op)\s*:?\s+)?", _I)
 _AFTER_NUMBER = re.compile(
     r"\s*[,;]?\s*(?:vom|von|du|of|dated|issued(?:\s+(?:at|on))?|from|del|van|le|datum|date)\b\s*:?\s*", _I
 )
@@ -336,7 +346,7 @@ def extract_invoice(lines: Sequence[TextLine]) -> Invoice | None:
     """
     layout = Layout(lines)
     order = _date_order(layout)
-    number = best(list(_number_candidates(layout)))
+    number = best(list(number_candidates(layout)))
     totals = choose_totals(total_candidates(layout))
     if number is None and totals.gross is None and totals.due is None:
         return None
@@ -402,6 +412,14 @@ def extract_invoice(lines: Sequence[TextLine]) -> Invoice | None:
             amount_due=due.value if due else None,
         ),
     )
+    items, line_fields = to_lines(find_line_items(layout))
+    if items:
+        invoice.lines = items
+        fields.update(line_fields)
+        if (
+            message := line_sum_message(items, invoice.totals.tax_exclusive, invoice.totals.tax_inclusive)
+        ) is not None:
+            invoice.validation = Validation(messages=[message])
     confidence = sum(fields[k].confidence if k in fields else 0.0 for k in KEY_FIELDS) / len(KEY_FIELDS)
     invoice.extraction = Extraction(extractor=EXTRACTOR, confidence=round(confidence, 2), fields=fields)
     return invoice

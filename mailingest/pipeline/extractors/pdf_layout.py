@@ -54,6 +54,7 @@ class TextLine:
 
     def span_bbox(self, start: int, end: int) -> list[float]:
         """Box of ``text[start:end]``: exact with ``char_x``, else spread evenly over the line."""
+        start, end = max(0, min(start, len(self.text))), max(0, min(end, len(self.text)))
         if self.char_x is not None and len(self.char_x) == len(self.text) + 1:
             left, right = self.char_x[start], self.char_x[end]
         else:

@@ -8,7 +8,9 @@ over a German/French window address next, the top line of page 1 least.
 from __future__ import annotations
 
 import re
+from email.utils import parseaddr
 
+from mailingest.models import FieldInfo, Invoice, Party
 from mailingest.pipeline.extractors.pdf_layout import TITLE_WORDS, Candidate, Layout, TextLine, best, labels
 
 _I = re.IGNORECASE
@@ -42,17 +44,28 @@ _NOT_A_NAME = labels(
 )
 _LEGAL_FORM = labels(
     r"\b(?:gmbh|ag|kg|ohg|ug|se|e\.\s?k|ltd|limited|llc|inc|corp|plc|llp|sarl|sas|sasu|eurl|sa|snc|b\.?v|n\.?v"
-    r"|s\.?r\.?l|s\.?p\.?a|s\.?l|oy|ab|a/s|aps|pvt)\b\.?"
+    r"|s\.?r\.?l|s\.?p\.?a|s\.?l|oy|ab|a/s|aps|pvt|pte|pty|bhd|sdn|gbr|e\.\s?v|s\.?a\.?s|s\.?c|kk)\b\.?",
+    r"\bs/b\b|\bsp\.\s?z\s?o\.\s?o\b|\ba\.s\.",
 )
 _SENDER_SPLIT = re.compile(r"\s*(?:[•●·|]|\s[-–]\s)\s*")
 _POSTCODE = re.compile(r"\b\d{4,5}\s+\w")
 
 
+_WORD3 = re.compile(r"[^\W\d_]{3,}")
+
+
 def _name_like(text: str) -> bool:
+    """Could be a company or person name: letters mostly, one real word, no label or number.
+
+    The letter share and the three-letter word keep OCR debris ("Ao <", "Js o e È") out.
+    """
     t = text.strip(" ,;:-")
+    dense = t.replace(" ", "")
     return (
         2 <= len(t) <= 80
         and sum(ch.isalpha() for ch in t) >= 2
+        and sum(ch.isalpha() for ch in dense) >= 0.6 * len(dense)
+        and _WORD3.search(t) is not None
         and ":" not in t
         and not _NOT_A_NAME.search(t)
     )
@@ -119,7 +132,8 @@ def _sender_line(layout: Layout) -> tuple[Candidate | None, Candidate | None]:
             continue
         name = _clean_name(parts[0])
         start = line.text.find(name)
-        seller = Candidate(name, 0.6, line, max(start, 0), max(start, 0) + len(name))
+        start = max(start, 0)  # the name may run on into the next cell of the row: clamp to this one
+        seller = Candidate(name, 0.6, line, start, min(start + len(name), len(line.text)))
         buyer = None
         for other in layout.below(line, rows=3)[:3]:
             if _name_like(other.text):
@@ -151,8 +165,34 @@ def find_parties(layout: Layout) -> tuple[Candidate | None, Candidate | None]:
             ln for ln in layout.pages.get(1, [])[:12] if _name_like(ln.text) and ln.text.strip() != buyer_name
         ]
         legal = [ln for ln in top if _LEGAL_FORM.search(ln.text)]
-        for pick, score in ((legal[:1], 0.45), (top[:1], 0.3)):
+        # Letterheads print the company biggest; a clear size lead over the body text counts.
+        body = sorted(ln.height for ln in layout.pages.get(1, []))
+        median = body[len(body) // 2] if body else 0.0
+        big = sorted((ln for ln in top if ln.height >= 1.3 * median), key=lambda ln: -ln.height)
+        for pick, score in ((legal[:1], 0.45), (big[:1], 0.4), (top[:1], 0.3)):
             if pick:
                 seller.append(Candidate(_clean_name(pick[0].text), score, pick[0], 0, len(pick[0].text)))
                 break
     return best(seller), best(buyer)
+
+
+def apply_sender_name(invoice: Invoice, from_header: str | None) -> None:
+    """The mail's sender display name as weak evidence for the seller of a layout-read invoice.
+
+    A printed name that the display name repeats is believed more. Without a printed name, a
+    display name carrying a legal form ("ACME GmbH <billing@acme.example>") is taken, with a low
+    confidence so that review sees it; a person's name or "Accounts" never is.
+    """
+    extraction = invoice.extraction
+    display = parseaddr(from_header or "")[0].strip().strip('"')
+    if extraction is None or not display or extraction.extractor not in ("pdf_text", "ocr"):
+        return
+    name = invoice.seller.name if invoice.seller else None
+    info = extraction.fields.get("/seller/name")
+    if name and info is not None:
+        if name.casefold() in display.casefold() or display.casefold() in name.casefold():
+            info.confidence = round(min(info.confidence + 0.15, 0.99), 2)
+        return
+    if name is None and _name_like(display) and _LEGAL_FORM.search(display):
+        invoice.seller = (invoice.seller or Party()).model_copy(update={"name": _clean_name(display)})
+        extraction.fields["/seller/name"] = FieldInfo(confidence=0.35, raw=from_header)

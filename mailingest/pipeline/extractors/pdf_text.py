@@ -15,11 +15,13 @@ broken. The field rules live in ``pdf_fields`` and know nothing about either lib
 from __future__ import annotations
 
 import io
+import math
 import re
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pypdfium2 as pdfium
@@ -36,8 +38,9 @@ from mailingest.errors import DocumentTooLarge, EncryptedDocument, MalformedDocu
 from mailingest.models import Invoice, Source, SourceFile
 from mailingest.pdfium import LOCK as pdfium_lock
 from mailingest.pipeline.detect import Kind
-from mailingest.pipeline.extractors.pdf_fields import EXTRACTOR, extract_invoice
+from mailingest.pipeline.extractors.pdf_fields import EXTRACTOR
 from mailingest.pipeline.extractors.pdf_layout import TextLine
+from mailingest.pipeline.extractors.pdf_split import extract_invoices
 
 MAX_BYTES = 50 * 1024 * 1024
 MAX_PAGES = 50
@@ -116,6 +119,8 @@ class TextLayer:
     reader: str
     encrypted: bool = False
     truncated: str | None = None
+    rotated: dict[int, int] = field(default_factory=dict)
+    """Pages read turned back to upright: page number -> degrees the text was turned."""
 
     @property
     def has_text(self) -> bool:
@@ -130,6 +135,27 @@ def _text_lines(page: LTPage) -> Iterator[LTTextLine]:
             yield item
         elif isinstance(item, LTContainer):
             stack.extend(reversed(list(item)))
+
+
+def _text_direction(page: LTPage) -> int:
+    """0, 90, 180 or 270: how far most glyphs on the page are turned from upright.
+
+    A page shown sideways, through its /Rotate entry or because its content is drawn turned,
+    yields one-letter "lines" unless it is read turned back; the glyphs' own matrices say how.
+    """
+    counts: Counter[int] = Counter()
+    stack: list[LTItem] = [page]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, LTChar):
+            a, b = item.matrix[0], item.matrix[1]
+            counts[round(math.degrees(math.atan2(b, a)) / 90) % 4 * 90] += 1
+        elif isinstance(item, LTContainer):
+            stack.extend(item)
+    if not counts:
+        return 0
+    turn, count = counts.most_common(1)[0]
+    return turn if count * 2 > sum(counts.values()) else 0
 
 
 def _segments(line: LTTextLine, page: int) -> Iterator[TextLine]:
@@ -189,6 +215,10 @@ def _read_pdfminer(data: bytes, max_pages: int, budget: _Budget) -> TextLayer:
             break
         try:
             interpreter.process_page(page)
+            if turn := _text_direction(device.get_result()):
+                page.rotate = (page.rotate + turn) % 360  # read the page the way its text runs
+                interpreter.process_page(page)
+                layer.rotated[number] = turn
         except _BudgetExceeded as exc:
             if not layer.lines:
                 raise
@@ -328,7 +358,8 @@ class PdfTextExtractor:
         return kind == "pdf" and has_text_layer(doc.data)
 
     def extract(self, doc: Document) -> list[Invoice]:
-        """The invoice printed in ``doc``; ``[]`` for a readable PDF that is not an invoice."""
+        """The invoices printed in ``doc`` (several when its pages carry different invoice numbers);
+        ``[]`` for a readable PDF that is not an invoice."""
         layer = read_text_layer(
             doc.data,
             doc.label,
@@ -336,13 +367,12 @@ class PdfTextExtractor:
             max_pages=self.max_pages,
             time_budget=self.time_budget,
         )
-        invoice = extract_invoice(layer.lines)
-        if invoice is None:
-            return []
-        invoice.source = Source(
-            file=SourceFile(
-                name=doc.filename, sha256=doc.sha256, content_type=doc.content_type, size=doc.size
-            ),
-            format=EXTRACTOR,
-        )
-        return [invoice]
+        invoices = extract_invoices(layer.lines)
+        for invoice in invoices:
+            invoice.source = Source(
+                file=SourceFile(
+                    name=doc.filename, sha256=doc.sha256, content_type=doc.content_type, size=doc.size
+                ),
+                format=EXTRACTOR,
+            )
+        return invoices

@@ -41,9 +41,9 @@ _NET = labels(
     r"\b(?:excl|exkl|exclusive|exklusive|excluding)\b|\bohne\s+(?:ust|mwst|umsatzsteuer)|\bsans\s+tva\b",
     r"\bbase\b|basis|taxable|imponible|imponibile|bemessung",
 )
-_TAX = labels(
-    r"\bvat\b|\btax(?:es)?\b|\bmwst\b|\bust\b|umsatzsteuer|mehrwertsteuer|steuer(?:betrag|summe)?\b",
-    r"\btva\b|\biva\b|\bbtw\b|\bgst\b|\bhst\b|\bigic\b",
+_TAX = labels(  # "(?=\d)": OCR glues the rate on ("BTW9%")
+    r"\bvat(?:\b|(?=\d))|\btax(?:es)?\b|\bmwst(?:\b|(?=\d))|\bust\b|umsatzsteuer|mehrwertsteuer",
+    r"steuer(?:betrag|summe)?\b|\b(?:tva|iva|btw|gst|hst|igic)(?:\b|(?=\d))",
 )
 _GROSS_WEAK = labels(r"\btotal\b|\bsumme\b|\bgesamt\b|\btotale\b|\btotaal\b|\bimporte\b")
 _PERCENT = re.compile(r"\d\s?%")
