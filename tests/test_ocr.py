@@ -206,3 +206,45 @@ def test_fields_inside_drawn_boxes_are_read() -> None:
     ).invoices
     assert invoice.number == "BX-20931" and invoice.issue_date == "2024-06-04"
     assert invoice.totals.amount_due == Decimal("1204.50")
+
+
+def test_the_pipeline_ocrs_with_the_languages_of_the_mail_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner asks the daemon's ``ocr_languages`` for the message's (channel, mailbox) and the
+    OCR extractor reads the image in those languages."""
+    from email.message import EmailMessage
+
+    from PIL import Image, ImageDraw
+
+    from mailingest.ledger import Ledger
+    from mailingest.pipeline.extractors import ocr
+    from mailingest.pipeline.runner import Runtime, process_next
+    from mailingest.storage import db
+    from mailingest.storage.blobs import BlobStore
+
+    image = Image.new("RGB", (600, 200), "white")
+    ImageDraw.Draw(image).text((20, 80), "FACTURE 2026-77", fill="black")
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "compta@vendeur.example", "ap@buyer.example", "Facture"
+    mail.set_content("Ci-joint la facture.")
+    mail.add_attachment(png.getvalue(), maintype="image", subtype="png", filename="facture.png")
+
+    seen: list[str | None] = []
+    real = ocr.usable_languages
+    monkeypatch.setattr(ocr, "usable_languages", lambda wanted: seen.append(wanted) or real(wanted))
+    asked: list[tuple[str | None, str | None]] = []
+
+    def languages(channel: str | None, mailbox: str | None) -> str:
+        asked.append((channel, mailbox))
+        return "fra"
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    db.upgrade(engine)
+    blobs = BlobStore(tmp_path / "blobs")
+    Ledger(engine, blobs).accept(mail.as_bytes(), source="smtp", mailbox="factures")
+    assert process_next(Runtime(engine=engine, blobs=blobs, connectors=[], ocr_languages=languages))
+    assert asked == [("smtp", "factures")]
+    assert seen and set(seen) == {"fra"}

@@ -9,7 +9,7 @@ each message's results are stored exactly once.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -56,6 +56,8 @@ class Runtime:
     lease: float = 300.0
     worker: str = "worker-1"
     router: Router | None = None
+    # (channel, mailbox) → Tesseract languages for OCR ("deu+eng"); None: all installed
+    ocr_languages: Callable[[str | None, str | None], str | None] | None = None
 
 
 def initial_status(invoice: Invoice) -> str:
@@ -313,6 +315,7 @@ def process_next(rt: Runtime) -> bool:
             "channel": msg.source,
             "mailbox": msg.mailbox,
             "received_at": msg.received_at.isoformat().replace("+00:00", "Z"),
+            "ocr_languages": rt.ocr_languages(msg.source, msg.mailbox) if rt.ocr_languages else None,
         }
         raw = rt.blobs.get(session, sha)
     assert token is not None
