@@ -11,6 +11,7 @@ idle, and the dispatcher polls the outbox. No cross-process locks or events on p
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -23,9 +24,11 @@ import httpx
 import structlog
 
 from mailingest.config import Config
+from mailingest.config_sources import ocr_languages_for
 from mailingest.connectors.registry import subscriptions
 from mailingest.errors import MailingestError
 from mailingest.models import Invoice
+from mailingest.pipeline import schematron
 from mailingest.pipeline.runner import Router, Runtime, process_next
 from mailingest.routing.hooks import enforce_blockers, run_hooks
 from mailingest.routing.live import LiveRules
@@ -76,6 +79,7 @@ def build_router(config: Config, *, watch: bool = True) -> Router:
 
 
 def build_runtime(config: Config, engine: Any, blobs: BlobStore, worker: str) -> Runtime:
+    schematron.configure(config.validation)  # [validation]: compile the official Schematron, if on
     return Runtime(
         engine=engine,
         blobs=blobs,
@@ -84,6 +88,7 @@ def build_runtime(config: Config, engine: Any, blobs: BlobStore, worker: str) ->
         lease=config.pipeline.lease,
         worker=worker,
         router=build_router(config),
+        ocr_languages=functools.partial(ocr_languages_for, config.sources, config.extraction),
     )
 
 

@@ -202,6 +202,7 @@ class ValidationMessage(_Model):
     severity: Literal["error", "warning", "info"] = "error"
     text: str
     path: str | None = None
+    source: str | None = None  # who found it when not mailingest's own rules: "schematron"
 
 
 class Validation(_Model):
