@@ -8,17 +8,59 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
-from mailingest.config_base import Duration, SecretRef, _Section
+from mailingest.config_base import Duration, Secret, SecretRef, _Section
+from mailingest.config_http import HttpConfig
 
 
-class WebhookConfig(_Section):
+class ConnectorEntry(_Section):
+    """What every ``[[connectors.<kind>]]`` entry has: its name, event filter and delivery policy.
+
+    ``routed_only``: the entry receives ``invoice.*`` events only for invoices whose canonical
+    ``deliver_to`` list (set by routing rules' ``connectors = [...]`` action) names it.
+    ``circuit_failures`` consecutive failed attempts open the entry's circuit for
+    ``circuit_cooldown``: its deliveries wait (no attempts are spent), then one probe decides.
+    """
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    url: str = Field(pattern=r"^https?://")
-    secret: SecretRef
     events: list[str] = Field(default_factory=lambda: ["*"])
+    enabled: bool = True
+    routed_only: bool = False
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_cooldown: Duration = Field(default=60.0, gt=0)
+
+
+class WebhookConfig(ConnectorEntry):
+    """``[[connectors.webhook]]``: Standard Webhooks 1.0 POSTs.
+
+    Rotate a secret with ``secrets = [new, old]`` (or ``secret`` + ``previous_secret``): while
+    more than one is configured every request carries one signature per secret, so receivers
+    holding either verify. ``payload = "thin"`` sends only the invoice's id, type, status and a
+    link to ``GET /v1/invoices/{id}`` (prefixed with ``api_url`` when set) instead of all of it.
+    """
+
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretRef | None = None
+    previous_secret: SecretRef | None = None
+    secrets: list[SecretRef] = Field(default_factory=list, max_length=5)
+    payload: Literal["full", "thin"] = "full"
+    api_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
     allow_private_network: bool = False
     timeout: Duration = 10.0
-    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_way_to_give_secrets(self) -> WebhookConfig:
+        if (self.secret is None) == (not self.secrets):
+            raise ValueError("give either secret (optionally with previous_secret) or secrets = [new, old]")
+        if self.previous_secret is not None and self.secret is None:
+            raise ValueError("previous_secret goes with secret; with secrets = [...] list them all there")
+        return self
+
+    @property
+    def secret_refs(self) -> list[Secret]:
+        """The signing secrets, newest first."""
+        if self.secret is not None:
+            return [self.secret] + ([self.previous_secret] if self.previous_secret is not None else [])
+        return list(self.secrets)
 
 
 _BROKER_TEMPLATE_FIELDS = {"type", "type_dash"}
@@ -43,7 +85,7 @@ BrokerTemplate = Annotated[str, AfterValidator(_broker_template)]
 _CONNECTOR_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
 
-class NatsConfig(_Section):
+class NatsConfig(ConnectorEntry):
     """``[[connectors.nats]]``: publish to JetStream; the PubAck counts as delivery."""
 
     name: str = Field(pattern=_CONNECTOR_NAME)
@@ -69,7 +111,7 @@ class NatsConfig(_Section):
         return self
 
 
-class AmqpConfig(_Section):
+class AmqpConfig(ConnectorEntry):
     """``[[connectors.amqp]]``: publish to a RabbitMQ exchange; the publisher confirm counts as
     delivery. The url carries no password (``amqp://user@host:5672/vhost``); it comes from
     ``password`` so that it is never written inline."""
@@ -93,7 +135,7 @@ class AmqpConfig(_Section):
         return self
 
 
-class MqttConfig(_Section):
+class MqttConfig(ConnectorEntry):
     """``[[connectors.mqtt]]``: publish with QoS 1 or 2; the PUBACK/PUBCOMP counts as delivery
     (QoS 0 has no acknowledgement, so it is not offered)."""
 
@@ -178,28 +220,22 @@ def _filename_template(value: str) -> str:
     return value
 
 
-class FilesConfig(_Section):
+class FilesConfig(ConnectorEntry):
     """``[[connectors.files]]``: each invoice as a file (JSON, or CSV per invoice / per day)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     events: list[str] = Field(default_factory=lambda: ["invoice.validated", "invoice.approved"])
     enabled: bool = True
     path: Path
-    format: Literal["json", "csv", "ubl"] = "json"
+    format: Literal["json", "csv", "ubl", "cii"] = "json"  # ubl / cii: e-invoice XML (docs/einvoices.md)
     filename: Annotated[Template, AfterValidator(_filename_template)] = "{issue_date}_{seller}_{number}.json"
     csv_mode: Literal["per_invoice", "daily"] = "per_invoice"
     csv_columns: list[CsvColumn] = Field(default_factory=lambda: list(DEFAULT_CSV_COLUMNS), min_length=1)
     include_originals: bool = False
     blobs_path: Path = Path("data/blobs")  # <data_dir>/blobs: where original documents are read from
 
-    @model_validator(mode="after")
-    def _no_ubl_yet(self) -> FilesConfig:
-        if self.format == "ubl":
-            raise ValueError('format "ubl" (UBL XML export) is not available yet; use "json" or "csv"')
-        return self
 
-
-class MailConfig(_Section):
+class MailConfig(ConnectorEntry):
     """``[[connectors.mail]]``: forward each invoice (summary + invoice.json + originals) by mail."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -238,6 +274,7 @@ class ConnectorsConfig(_Section):
     nats: list[NatsConfig] = Field(default_factory=list)
     amqp: list[AmqpConfig] = Field(default_factory=list)
     mqtt: list[MqttConfig] = Field(default_factory=list)
+    http: list[HttpConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ConnectorsConfig:

@@ -16,10 +16,12 @@ from mailingest.config import Config
 from mailingest.connectors.amqp import AmqpConnector
 from mailingest.connectors.base import Connector
 from mailingest.connectors.files import FilesConnector
+from mailingest.connectors.http import HttpConnector
 from mailingest.connectors.mail import MailConnector
 from mailingest.connectors.mqtt import MqttConnector
 from mailingest.connectors.nats import NatsConnector
 from mailingest.connectors.webhook import WebhookConnector
+from mailingest.storage.repo import Subscription
 
 FACTORIES: dict[str, Callable[[Any], Connector]] = {
     "webhook": WebhookConnector,
@@ -28,6 +30,7 @@ FACTORIES: dict[str, Callable[[Any], Connector]] = {
     "nats": NatsConnector,
     "amqp": AmqpConnector,
     "mqtt": MqttConnector,
+    "http": HttpConnector,
 }
 
 
@@ -48,7 +51,10 @@ def configured(config: Config) -> Iterator[tuple[str, Any]]:
 
 def subscriptions(config: Config) -> list[tuple[str, Sequence[str]]]:
     """(connector name, event patterns) for every enabled connector: what the outbox fans out to."""
-    return [(entry.name, entry.events) for _, entry in configured(config)]
+    return [
+        Subscription(entry.name, entry.events, getattr(entry, "routed_only", False))
+        for _, entry in configured(config)
+    ]
 
 
 def build_connectors(config: Config) -> dict[str, Connector]:

@@ -2,7 +2,8 @@
 
 Headers ``webhook-id`` (the event id: stable across retries, so receivers can de-duplicate),
 ``webhook-timestamp`` (unix seconds of this attempt) and ``webhook-signature``
-(``v1,<base64 HMAC-SHA256 over "id.timestamp.body">``) keyed with the ``whsec_`` secret.
+(``v1,<base64 HMAC-SHA256 over "id.timestamp.body">``) keyed with the ``whsec_`` secret — one
+such entry per configured secret, space-separated, while a secret is being rotated.
 """
 
 from __future__ import annotations
@@ -41,10 +42,32 @@ def secret_key(secret: str) -> bytes:
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` header value."""
+    """One ``v1,<signature>`` entry of the ``webhook-signature`` header."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+def sign_all(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The header during a rotation: one signature per secret, space-separated (Standard Webhooks)."""
+    return " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets)
+
+
+def thin(payload: dict[str, Any], api_url: str) -> dict[str, Any]:
+    """The thin form of an ``invoice.*`` event: a reference the receiver fetches with its API key."""
+    data = payload.get("data")
+    if not str(payload.get("type", "")).startswith("invoice.") or not isinstance(data, dict):
+        return payload
+    invoice_id = data.get("id")
+    return {
+        **payload,
+        "data": {
+            "id": invoice_id,
+            "type": data.get("type"),
+            "status": data.get("status"),
+            "links": {"invoice": f"{api_url.rstrip('/')}/v1/invoices/{invoice_id}"},
+        },
+    }
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance: int = 300) -> bool:
@@ -95,12 +118,15 @@ class WebhookConnector:
         self.name = config.name
         self.events: Sequence[str] = config.events
         self.config = config
-        self._secret = config.secret.get()
-        secret_key(self._secret)  # fail at start-up, not at the first delivery
+        self._secrets = [ref.get() for ref in config.secret_refs]
+        for secret in self._secrets:
+            secret_key(secret)  # fail at start-up, not at the first delivery
         self._client = client or httpx.Client(timeout=config.timeout, follow_redirects=False)
 
     def deliver(self, event_id: str, payload: dict[str, Any]) -> Attempt:
         check_destination(self.config.url, allow_private=self.config.allow_private_network)
+        if self.config.payload == "thin":
+            payload = thin(payload, self.config.api_url)
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         ts = int(time.time())
         headers = {
@@ -108,7 +134,7 @@ class WebhookConnector:
             "user-agent": f"mailingest/{__version__}",
             "webhook-id": event_id,
             "webhook-timestamp": str(ts),
-            "webhook-signature": sign(self._secret, event_id, ts, body),
+            "webhook-signature": sign_all(self._secrets, event_id, ts, body),
         }
         try:
             response = self._client.post(self.config.url, content=body, headers=headers)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, update
+from sqlalchemy import and_, exists, func, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -155,6 +155,30 @@ def release_stale_claims(session: Session) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+class Subscription(tuple[str, Sequence[str]]):
+    """(connector name, event patterns) plus ``routed_only`` — still a plain pair for callers
+    that only unpack name and patterns."""
+
+    routed_only: bool
+
+    def __new__(cls, name: str, events: Sequence[str], routed_only: bool = False) -> Subscription:
+        self = super().__new__(cls, (name, events))
+        self.routed_only = routed_only
+        return self
+
+    def __getnewargs__(self) -> tuple[str, Sequence[str], bool]:
+        return (self[0], self[1], self.routed_only)
+
+
+def routed_to(name: str, event_type: str, data: dict[str, Any]) -> bool:
+    """A ``routed_only`` connector gets an ``invoice.*`` event only when the invoice's canonical
+    ``deliver_to`` list names it; other events follow the ordinary event filter."""
+    if not event_type.startswith("invoice."):
+        return True
+    targets = data.get("deliver_to") or []
+    return isinstance(targets, list) and name in targets
+
+
 def add_event(
     session: Session,
     *,
@@ -163,7 +187,8 @@ def add_event(
     data: dict[str, Any],
     connectors: Sequence[tuple[str, Sequence[str]]],
 ) -> Event:
-    """Write one outbox event and a pending delivery for every connector subscribed to it."""
+    """Write one outbox event and a pending delivery for every connector subscribed to it
+    (``routed_only`` subscriptions also need the invoice routed to them, see ``routed_to``)."""
     now = utcnow()
     event = Event(
         id=new_id("evt"),
@@ -175,18 +200,22 @@ def add_event(
     session.add(event)
     session.flush()  # assigns seq
     assert event.seq is not None
-    for name, patterns in connectors:
-        if subscribed(type, patterns):
-            session.add(
-                Delivery(
-                    id=new_id("dlv"),
-                    event_id=event.id,
-                    event_seq=event.seq,
-                    subject_id=subject_id,
-                    connector=name,
-                    next_attempt_at=now,
-                )
+    for sub in connectors:
+        name, patterns = sub
+        if not subscribed(type, patterns):
+            continue
+        if getattr(sub, "routed_only", False) and not routed_to(name, type, data):
+            continue
+        session.add(
+            Delivery(
+                id=new_id("dlv"),
+                event_id=event.id,
+                event_seq=event.seq,
+                subject_id=subject_id,
+                connector=name,
+                next_attempt_at=now,
             )
+        )
     return event
 
 
@@ -200,14 +229,9 @@ def subscribed(event_type: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def due_deliveries(
-    session: Session, *, connectors: Sequence[str], limit: int
-) -> list[tuple[Delivery, Event]]:
-    """Pending deliveries whose time has come, oldest first, holding back any delivery while an
-    earlier event about the same subject is still pending for that connector (order per invoice)."""
-    if not connectors:
-        return []
-    now = utcnow()
+def _due(now: datetime) -> Any:
+    """Pending, due, not leased by a live dispatcher, and not waiting behind an earlier event about
+    the same subject for the same connector (order per invoice)."""
     earlier = aliased(Delivery)
     blocked = exists().where(
         col(earlier.connector) == col(Delivery.connector),
@@ -215,19 +239,75 @@ def due_deliveries(
         col(earlier.status) == "pending",
         col(earlier.event_seq) < col(Delivery.event_seq),
     )
+    return and_(
+        col(Delivery.status) == "pending",
+        col(Delivery.next_attempt_at) <= now,
+        or_(col(Delivery.claimed_until).is_(None), col(Delivery.claimed_until) < now),
+        ~blocked,
+    )
+
+
+def due_deliveries(
+    session: Session, *, connectors: Sequence[str], limit: int
+) -> list[tuple[Delivery, Event]]:
+    """Pending deliveries whose time has come, oldest first (see ``_due``); claims nothing."""
+    if not connectors:
+        return []
     rows = session.exec(
         select(Delivery, Event)
         .join(Event, col(Event.id) == col(Delivery.event_id))
-        .where(
-            col(Delivery.status) == "pending",
-            col(Delivery.next_attempt_at) <= now,
-            col(Delivery.connector).in_(connectors),
-            ~blocked,
-        )
+        .where(_due(utcnow()), col(Delivery.connector).in_(connectors))
         .order_by(col(Delivery.event_seq))
         .limit(limit)
     ).all()
     return [(d, e) for d, e in rows]
+
+
+def claim_deliveries(
+    session: Session, *, connector: str, limit: int, token: str, lease: float, postgres: bool
+) -> list[tuple[Delivery, Event]]:
+    """Lease up to ``limit`` due deliveries of one connector to the dispatcher holding ``token``.
+
+    The claim is a conditional UPDATE (re-checked under the row lock on PostgreSQL, where the
+    candidate SELECT also skips rows another dispatcher holds locked), so two dispatchers never
+    both win a delivery. A crashed dispatcher's lease simply runs out.
+    """
+    now = utcnow()
+    query = (
+        select(Delivery.id)
+        .where(_due(now), col(Delivery.connector) == connector)
+        .order_by(col(Delivery.event_seq))
+        .limit(limit)
+    )
+    if postgres:
+        query = query.with_for_update(skip_locked=True)
+    ids = list(session.exec(query).all())
+    if not ids:
+        return []
+    session.execute(
+        update(Delivery)
+        .where(col(Delivery.id).in_(ids), _due(now))
+        .values(claimed_by=token, claimed_until=now + timedelta(seconds=lease))
+        .execution_options(synchronize_session=False)
+    )
+    rows = session.exec(
+        select(Delivery, Event)
+        .join(Event, col(Event.id) == col(Delivery.event_id))
+        .where(col(Delivery.id).in_(ids), col(Delivery.claimed_by) == token)
+        .order_by(col(Delivery.event_seq))
+    ).all()
+    return [(d, e) for d, e in rows]
+
+
+def release_leases(session: Session, owner_prefix: str) -> int:
+    """Drop the leases an earlier run of this dispatcher left behind (it was killed mid-send)."""
+    result = session.execute(
+        update(Delivery)
+        .where(col(Delivery.claimed_by).startswith(owner_prefix, autoescape=True))
+        .values(claimed_by=None, claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def record_attempt(
@@ -242,12 +322,16 @@ def record_attempt(
     response_excerpt: str | None,
     next_attempt_at: datetime | None,
 ) -> None:
-    """Store one attempt and move the delivery on (delivered, retry later, or dead)."""
+    """Store one attempt and move the delivery on (delivered, retry later, or dead); the lease
+    ends with it."""
     delivery.attempts += 1
+    number = session.exec(
+        select(func.count()).select_from(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery.id)
+    ).one()
     session.add(
         DeliveryAttempt(
             delivery_id=delivery.id,
-            number=delivery.attempts,
+            number=int(number) + 1,
             started_at=started_at,
             duration_ms=duration_ms,
             status_code=status_code,
@@ -256,6 +340,7 @@ def record_attempt(
             response_excerpt=response_excerpt[:1000] if response_excerpt else None,
         )
     )
+    delivery.claimed_by, delivery.claimed_until = None, None
     if outcome == "delivered":
         delivery.status = "delivered"
         delivery.delivered_at = utcnow()
@@ -267,6 +352,182 @@ def record_attempt(
         delivery.status = "dead"
         delivery.last_error = error[:2000] if error else None
     session.add(delivery)
+
+
+def find_deliveries(
+    session: Session,
+    *,
+    status: str | None = None,
+    connector: str | None = None,
+    invoice: str | None = None,
+    event: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    starting_after: str | None = None,
+) -> list[tuple[Delivery, Event]]:
+    """Deliveries with their events, newest event first, filtered as given (``invoice`` matches
+    the event's subject; ``since``/``until`` the event's creation time, until exclusive)."""
+    query = select(Delivery, Event).join(Event, col(Event.id) == col(Delivery.event_id))
+    if status:
+        query = query.where(col(Delivery.status) == status)
+    if connector:
+        query = query.where(col(Delivery.connector) == connector)
+    if invoice:
+        query = query.where(col(Delivery.subject_id) == invoice)
+    if event:
+        query = query.where(col(Delivery.event_id) == event)
+    if since is not None:
+        query = query.where(col(Event.created_at) >= since.astimezone(UTC))
+    if until is not None:
+        query = query.where(col(Event.created_at) < until.astimezone(UTC))
+    if starting_after:
+        query = query.where(col(Delivery.id) < starting_after)
+    query = query.order_by(col(Delivery.id).desc())
+    if limit is not None:
+        query = query.limit(limit)
+    return [(d, e) for d, e in session.exec(query).all()]
+
+
+def replay_deliveries(session: Session, deliveries: Sequence[Delivery], *, actor: str) -> list[Delivery]:
+    """Send these deliveries again: each goes back to ``pending`` (due now, a fresh retry schedule,
+    ``replays`` + 1) on the same row, so the new attempts join its history and the request carries
+    the same ``webhook-id`` (the event id) — receivers that already have it can de-duplicate.
+    A delivery a dispatcher is sending right now is left alone; the others are returned."""
+    now = utcnow()
+    done: list[Delivery] = []
+    for delivery in deliveries:
+        if (
+            delivery.status == "pending"
+            and delivery.claimed_until is not None
+            and delivery.claimed_until > now
+        ):
+            continue
+        delivery.status, delivery.attempts, delivery.replays = "pending", 0, delivery.replays + 1
+        delivery.next_attempt_at, delivery.delivered_at = now, None
+        delivery.claimed_by, delivery.claimed_until = None, None
+        session.add(delivery)
+        done.append(delivery)
+    if done:
+        audit(
+            session,
+            actor=actor,
+            action="deliveries.replayed",
+            subject_type="delivery",
+            detail={"deliveries": [d.id for d in done][:500], "count": len(done)},
+        )
+    return done
+
+
+def select_for_replay(
+    session: Session,
+    *,
+    event: str | None = None,
+    invoice: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    connector: str | None = None,
+    status: str | None = None,
+) -> list[Delivery]:
+    """The deliveries a replay request names: by event, by invoice or by time range (of the
+    events), optionally narrowed to one connector and one status."""
+    if event is None and invoice is None and since is None:
+        raise ValueError("name what to replay: an event, an invoice or a time range (since)")
+    rows = find_deliveries(
+        session, status=status, connector=connector, invoice=invoice, event=event, since=since, until=until
+    )
+    return sorted((d for d, _ in rows), key=lambda d: d.event_seq)
+
+
+TEST_EVENT = "connector.test"
+
+
+def add_test_event(session: Session, connector: str) -> tuple[Event, Delivery]:
+    """A ``connector.test`` event owed to this one connector only, whatever its event filter."""
+    event = add_event(
+        session,
+        type=TEST_EVENT,
+        subject_id=None,
+        data={"connector": connector, "message": "test event sent by mailingest on request"},
+        connectors=[(connector, ["*"])],
+    )
+    session.flush()
+    delivery = session.exec(select(Delivery).where(Delivery.event_id == event.id)).one()
+    return event, delivery
+
+
+def disabled_connectors(session: Session, names: Sequence[str]) -> list[str]:
+    """Which of these connectors a ``410 Gone`` disabled (their deliveries wait until re-enabled)."""
+    from mailingest.storage.tables import ConnectorState
+
+    rows = session.exec(
+        select(ConnectorState.name).where(
+            col(ConnectorState.name).in_(list(names)), col(ConnectorState.disabled_at).is_not(None)
+        )
+    ).all()
+    return sorted(rows)
+
+
+def enable_connector(session: Session, name: str, *, actor: str) -> bool:
+    """Clear a connector's disabled state (after a 410 was fixed); False when it was not disabled.
+    A running daemon takes it up again at its next start."""
+    from mailingest.storage.tables import ConnectorState
+
+    state = session.get(ConnectorState, name)
+    if state is None or state.disabled_at is None:
+        return False
+    state.disabled_at, state.disabled_reason = None, None
+    state.consecutive_failures, state.circuit_open_until = 0, None
+    session.add(state)
+    audit(session, actor=actor, action="connector.enabled", subject_type="connector", subject_id=name[:40])
+    return True
+
+
+def attempts_of(session: Session, delivery_id: str) -> list[DeliveryAttempt]:
+    return list(
+        session.exec(
+            select(DeliveryAttempt)
+            .where(DeliveryAttempt.delivery_id == delivery_id)
+            .order_by(col(DeliveryAttempt.number))
+        ).all()
+    )
+
+
+def delivery_view(delivery: Delivery, event: Event) -> dict[str, Any]:
+    """A delivery as the CLI and the API show it."""
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat().replace("+00:00", "Z") if value else None
+
+    return {
+        "id": delivery.id,
+        "event_id": event.id,
+        "event_type": event.type,
+        "subject_id": delivery.subject_id,
+        "connector": delivery.connector,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "replays": delivery.replays,
+        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == "pending" else None,
+        "last_error": delivery.last_error,
+        "delivered_at": iso(delivery.delivered_at),
+        "created_at": iso(event.created_at),
+        "claimed_by": delivery.claimed_by
+        if delivery.claimed_until and delivery.claimed_until > utcnow()
+        else None,
+    }
+
+
+def attempt_view(attempt: DeliveryAttempt) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "started_at": attempt.started_at.isoformat().replace("+00:00", "Z"),
+        "duration_ms": attempt.duration_ms,
+        "outcome": attempt.outcome,
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+        "response_excerpt": attempt.response_excerpt,
+    }
 
 
 def audit(
