@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mailingest import __version__
+from mailingest import __version__, api_cli
 from mailingest.errors import ConfigError, MailingestError, error_dict
 
 EPILOG = """examples:
@@ -22,10 +22,14 @@ EPILOG = """examples:
   mailingest extract invoice.pdf mail.eml   print canonical invoices as JSON Lines, store nothing
   mailingest ingest mail.eml                store, route and deliver once, then exit
   mailingest eval ../shared/corpus          score extraction against *.truth.json files
+  mailingest convert invoice.pdf --to ubl -o invoice.ubl.xml
+                                            re-emit an invoice as UBL 2.1 (or --to cii) XML
   mailingest db upgrade                     create or migrate the database schema
   mailingest webhook-secret                 print a fresh whsec_ secret for a webhook endpoint
   mailingest api-key create --name ci --scopes invoices:read,analytics:read
                                             print a new API key (shown only this once)
+  mailingest deliveries replay --invoice inv_... --connector erp
+                                            send an invoice's events to a connector again
   mailingest auth ap-mailbox                sign a mailbox in (OAuth2 device code), store its token
 
 environment: MAILINGEST_CONFIG names the config file; MAILINGEST_SECTION__KEY=value overrides
@@ -40,6 +44,10 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if getattr(args, "sandbox", False):
+        from mailingest.api.sandbox import run_sandbox
+
+        return run_sandbox(args)
     from mailingest import logs
     from mailingest.daemon import Daemon
 
@@ -110,6 +118,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from mailingest import logs
+    from mailingest.render.convert import convert_file
+
+    logs.configure("error", "json")
+    try:
+        written = convert_file(Path(args.file), args.to, Path(args.output) if args.output else None)
+    except MailingestError as exc:
+        print(f"mailingest convert: {exc.detail}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from mailingest import logs
     from mailingest.evaluate import evaluate, find_cases, format_report
@@ -169,18 +192,22 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_rules(args: argparse.Namespace) -> int:
     from mailingest.models import Invoice
     from mailingest.pipeline.runner import initial_status
+    from mailingest.routing import tooling
     from mailingest.routing.rules import apply, load_rules
 
     config = _config(args)
     path = Path(args.path) if args.path else config.rules.path
-    rules = load_rules(path)
+    first = config.rules.match == "first"
     if args.action == "check":
-        print(f"{path}: {len(rules)} rule(s) OK")
-        for rule in rules:
-            print(
-                f"  {rule.priority:>4}  {rule.name}  ({rule.origin}){'' if rule.enabled else '  [disabled]'}"
-            )
-        return 0
+        out, err, code = tooling.check_report(path, first_match=first)
+        print("\n".join(out))
+        if err:
+            print("invalid routing rules:\n  " + "\n  ".join(err), file=sys.stderr)
+        return code
+    rules = load_rules(path)
+    if args.stored:
+        for line in tooling.dry_run_stored(rules, config.storage_url, args.stored, first_match=first):
+            print(line)
     ok = True
     for file in args.files:
         record, good = _extract_record(file)
@@ -188,19 +215,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
         for data in record["invoices"]:
             invoice = Invoice.model_validate(data)
             invoice.status = initial_status(invoice)  # type: ignore[assignment]
-            routed = apply(rules, invoice, first_match=config.rules.match == "first")
-            print(
-                json.dumps(
-                    {
-                        "file": file,
-                        "number": routed.number,
-                        "status": routed.status,
-                        "routing": routed.routing,
-                        "tags": routed.tags,
-                        "approvers": routed.approvers,
-                    }
-                )
-            )
+            print(tooling.describe(apply(rules, invoice, first_match=first), file=file))
         if record["error"]:
             print(json.dumps({"file": file, "error": record["error"]}))
     return 0 if ok else 1
@@ -252,7 +267,13 @@ def cmd_api_key(args: argparse.Namespace) -> int:
     with db.session_scope(engine) as session:
         if args.action == "create":
             expires = utcnow() + timedelta(seconds=args.expires) if args.expires else None
-            row, secret = auth.create_key(session, name=args.name, scopes=args.scopes, expires_at=expires)
+            try:
+                row, secret = auth.create_key(
+                    session, name=args.name, scopes=args.scopes, expires_at=expires, vendor=args.vendor
+                )
+            except ValueError as exc:
+                print(f"mailingest api-key: {exc}", file=sys.stderr)
+                return 2
             print(secret)
             print(
                 f"created {row.id} ({row.name}) with scopes {','.join(row.scopes)}; "
@@ -305,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("serve", "run the daemon: sources, pipeline, API, connectors", cmd_serve)
+    p = add("serve", "run the daemon: sources, pipeline, API, connectors", cmd_serve)
+    p.add_argument("--sandbox", action="store_true", help="temporary database, sample invoices, test keys")
     p = add(
         "extract",
         "extract invoices from files and print JSON Lines; no database, no side effects",
@@ -313,6 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
         config=False,
     )
     p.add_argument("files", nargs="+", metavar="FILE", help=".eml, .pdf, .xml or other document files")
+    p = add(
+        "convert",
+        "extract the invoice from a file and write it as UBL 2.1 (Peppol BIS 3) or CII XML",
+        cmd_convert,
+        config=False,
+    )
+    p.add_argument("file", metavar="FILE", help=".xml, .pdf, .eml or other document holding one invoice")
+    p.add_argument(
+        "--to", required=True, choices=["ubl", "cii"], help="output syntax: ubl or cii (Factur-X EN 16931)"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="write here (default: stdout); several invoices get -1, -2 ... suffixes",
+    )
     p = add(
         "eval",
         "score extraction against *.truth.json files: per-field and per-kind accuracy, speed",
@@ -336,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rules", "check routing rule files, or show how they route given files", cmd_rules)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, text in (
-        ("check", "validate every rule file and list the rules in order"),
-        ("test", "extract FILEs and print how the rules route each invoice"),
+        ("check", "validate rule files: syntax, unknown fields, unreachable or conflicting rules"),
+        ("test", "dry run: print what would fire for FILEs and/or stored invoices (--stored N)"),
     ):
         action = actions.add_parser(name, help=text, description=text)
         action.add_argument("--path", help="rules directory (default: [rules] path from the config)")
@@ -345,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", "-c", metavar="PATH", default=argparse.SUPPRESS, help="TOML config file"
         )
         if name == "test":
-            action.add_argument("files", nargs="+", metavar="FILE", help=".eml, .pdf or .xml files to route")
+            action.add_argument("files", nargs="*", metavar="FILE", help=".eml, .pdf or .xml files to route")
+            action.add_argument(
+                "--stored", type=int, default=0, metavar="N", help="also dry-run the N newest stored invoices"
+            )
     add("schema", "print the JSON Schema of the canonical invoice", cmd_schema, config=False)
     add(
         "webhook-secret", "print a new random whsec_ webhook signing secret", cmd_webhook_secret, config=False
@@ -361,15 +402,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_scopes_arg,
         metavar="S1,S2",
         help="comma-separated: invoices:read, invoices:write, invoices:approve, rules:write, "
-        "webhooks:manage, analytics:read, admin (admin implies all)",
+        "webhooks:manage, analytics:read, vendor:read (with --vendor), admin (admin implies all)",
     )
     action.add_argument("--expires", type=_duration_arg, metavar="DURATION", help="lifetime, e.g. 90d")
+    action.add_argument("--vendor", metavar="VAT_OR_ID", help="vendor-portal key (with --scopes vendor:read)")
     action.add_argument("--config", "-c", **config_arg)
     action = actions.add_parser("list", help="print every key as a JSON line (never the secret)")
     action.add_argument("--config", "-c", **config_arg)
     action = actions.add_parser("revoke", help="revoke a key at once")
     action.add_argument("id", metavar="ID", help="key id (key_...)")
     action.add_argument("--config", "-c", **config_arg)
+    api_cli.add_parser(sub)
+    from mailingest import deliveries_cli
+
+    deliveries_cli.add_parser(sub, config_arg)
     p = add(
         "auth",
         "authorise an OAuth2 IMAP account (device-code flow) and store its refresh token encrypted",

@@ -98,8 +98,19 @@ class DeliveryError(MailingestError):
 
 
 class PermanentDeliveryError(DeliveryError):
+    """This delivery can never succeed (e.g. the ERP rejects this invoice): dead-lettered at once,
+    the connector keeps delivering other events."""
+
     type = "permanent_delivery_error"
     title = "Destination refuses delivery permanently"
+
+
+class DestinationGone(PermanentDeliveryError):
+    """No delivery to this destination can succeed (410 Gone, credentials refused, forbidden
+    address): the delivery is dead-lettered and the connector disabled until enabled again."""
+
+    type = "destination_gone"
+    title = "Destination is gone or refuses every delivery"
 
 
 def error_dict(exc: BaseException) -> dict[str, str]:

@@ -114,7 +114,7 @@ def test_db_upgrade_and_ingest_store_route_and_deliver(tmp_path: Path, webhook_r
     env = {"TEST_WEBHOOK_SECRET": WEBHOOK_SECRET, "PATH": "/usr/bin:/bin"}
     upgrade = run("db", "upgrade", "--config", str(config), env=env)
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "schema revision 0003" in upgrade.stdout
+    assert "schema revision 0008" in upgrade.stdout
 
     result = run("ingest", "--config", str(config), str(MAIL), str(UBL), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr

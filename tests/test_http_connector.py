@@ -370,6 +370,23 @@ def test_400_is_dead_lettered_at_once_with_the_response_recorded(
         attempt = s.exec(select(tables.DeliveryAttempt)).one()
         assert attempt.response_excerpt == "ok" and "HTTP 400" in (attempt.error or "")
         assert s.exec(select(tables.Delivery)).one().status == "dead"
+        # one refused invoice does not stop the connector: the next event is delivered
+        assert s.get(tables.ConnectorState, connector.name) is None or (
+            s.get(tables.ConnectorState, connector.name).disabled_at is None  # type: ignore[union-attr]
+        )
+    again = HttpConnector(http_config(url=webhook_receiver.url, body="{}"))  # the first was closed
+    _dispatch(db_url, again, invoice(), seconds=0.8)
+    assert _attempts(db_url)[-1] == ("delivered", 200)
+
+
+def test_403_disables_the_connector(db_url, webhook_receiver: WebhookReceiver) -> None:
+    webhook_receiver.responses = [(403, {})]
+    connector = HttpConnector(http_config(url=webhook_receiver.url, body="{}"))
+    _dispatch(db_url, connector, invoice(), seconds=0.8)
+    assert _attempts(db_url) == [("dead", 403)]
+    with db.session_scope(db.make_engine(db_url)) as s:
+        state = s.get(tables.ConnectorState, connector.name)
+        assert state is not None and state.disabled_at is not None and "403" in (state.disabled_reason or "")
 
 
 # ----------------------------------------------------------------------- templates and config

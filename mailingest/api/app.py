@@ -36,8 +36,10 @@ from mailingest.api import (
     invoices,
     oauth2,
     portal,
+    rules,  # routing rules: list, validate a draft, dry run (docs/api.md)
     uploads,
     vendors,  # vendor profiles and history (docs/vendors.md)
+    warehouse,  # /v1/analytics/export: month-partitioned CSV in a ZIP (docs/api.md)
 )
 from mailingest.api.actions import Context, problem
 from mailingest.api.auth import Authenticator, AuthMode, Principal, effective_mode
@@ -169,6 +171,8 @@ def create_app(
     app.include_router(analytics.router(ctx))
     app.include_router(deliveries.router(ctx))
     app.include_router(vendors.router(ctx))
+    app.include_router(rules.router(ctx))
+    app.include_router(warehouse.router(ctx))
     app.include_router(probe_router(engine))
     install_rate_limits(app, authenticator, config.api, registry)
     return app

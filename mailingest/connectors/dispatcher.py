@@ -38,7 +38,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailingest.connectors.base import Connector
-from mailingest.errors import DeliveryError, MailingestError, PermanentDeliveryError, StorageError
+from mailingest.errors import (
+    DeliveryError,
+    DestinationGone,
+    MailingestError,
+    PermanentDeliveryError,
+    StorageError,
+)
 from mailingest.storage import repo, tables
 from mailingest.storage.db import is_postgres, session_scope
 from mailingest.storage.tables import utcnow
@@ -104,6 +110,7 @@ class _Result:
     error: str | None = None
     retry_after: float | None = None
     permanent: bool = False
+    gone: bool = False  # DestinationGone: disable the connector
     duration_ms: float = 0.0
 
 
@@ -313,6 +320,7 @@ class Dispatcher:
             result.retry_after = exc.context.get("retry_after")
             result.error = exc.detail
             result.permanent = isinstance(exc, PermanentDeliveryError)
+            result.gone = isinstance(exc, DestinationGone)
             result.outcome = "dead" if result.permanent else "retry"
         except MailingestError as exc:
             result.error, result.outcome = exc.detail, "retry"
@@ -350,8 +358,10 @@ class Dispatcher:
             response_excerpt=r.excerpt,
             next_attempt_at=next_at,
         )
-        if r.permanent and r.connector in self.connectors:
-            self._disable(session, r.connector, r.error or "permanent failure")
+        if r.gone and r.connector in self.connectors:
+            self._disable(session, r.connector, r.error or "destination gone")
+        elif r.permanent:
+            pass  # this event is dead-lettered; the destination answered, so the circuit is untouched
         elif r.outcome == "delivered":
             self._succeeded(session, r.connector)
         else:

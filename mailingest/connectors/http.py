@@ -38,7 +38,7 @@ from mailingest.connectors import mappings
 from mailingest.connectors.base import Attempt
 from mailingest.connectors.http_auth import Auth, make_auth
 from mailingest.connectors.webhook import check_destination, parse_retry_after
-from mailingest.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from mailingest.errors import ConfigError, DeliveryError, DestinationGone, PermanentDeliveryError
 
 CONTEXT_NAMES = frozenset(
     {"event", "invoice", "payload", "seller", "buyer", "totals", "lines", "is_credit_note", "external_id",
@@ -373,4 +373,6 @@ def _classify(name: str, response: httpx.Response) -> httpx.Response:
             response=excerpt,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
-    raise PermanentDeliveryError(where, status_code=code, response=excerpt)
+    if code in (401, 403, 410):  # wrong credentials or a removed endpoint: nothing can get through
+        raise DestinationGone(where, status_code=code, response=excerpt)
+    raise PermanentDeliveryError(where, status_code=code, response=excerpt)  # this record only

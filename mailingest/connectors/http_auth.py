@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from mailingest.config_http import HttpAuthConfig
-from mailingest.errors import DeliveryError, PermanentDeliveryError
+from mailingest.errors import DeliveryError, DestinationGone
 
 MAX_MARGIN = 30.0  # refresh this many seconds before expiry (at most a tenth of the lifetime)
 
@@ -109,7 +109,7 @@ class ClientCredentials:
             data = {}
         if response.status_code != 200 or not isinstance(data, dict) or not data.get("access_token"):
             error = data.get("error") if isinstance(data, dict) else None
-            raise PermanentDeliveryError(
+            raise DestinationGone(
                 f"token endpoint refused the client credentials (HTTP {response.status_code}"
                 + (f", {error}" if error else "")
                 + ")",

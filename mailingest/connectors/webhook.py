@@ -24,7 +24,7 @@ import httpx
 from mailingest import __version__
 from mailingest.config import WebhookConfig
 from mailingest.connectors.base import Attempt
-from mailingest.errors import ConfigError, DeliveryError, PermanentDeliveryError
+from mailingest.errors import ConfigError, DeliveryError, DestinationGone
 
 SECRET_PREFIX = "whsec_"
 
@@ -92,7 +92,7 @@ def check_destination(url: str, *, allow_private: bool) -> None:
     for info in infos:
         addr = ipaddress.ip_address(info[4][0])
         if not addr.is_global:
-            raise PermanentDeliveryError(
+            raise DestinationGone(
                 f"{host} resolves to non-public address {addr}; set allow_private_network = true to permit it"
             )
 
@@ -144,7 +144,7 @@ class WebhookConnector:
         if 200 <= response.status_code < 300:
             return Attempt(status_code=response.status_code, response_excerpt=excerpt)
         if response.status_code == 410:
-            raise PermanentDeliveryError("endpoint answered 410 Gone", status_code=410, response=excerpt)
+            raise DestinationGone("endpoint answered 410 Gone", status_code=410, response=excerpt)
         raise DeliveryError(
             f"endpoint answered HTTP {response.status_code}",
             status_code=response.status_code,

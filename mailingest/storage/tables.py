@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Index,
     Integer,
     LargeBinary,
     Numeric,
@@ -122,6 +123,11 @@ class Invoice(SQLModel, table=True):
     """The canonical invoice (``data``) plus the columns people filter and sort by."""
 
     __tablename__ = "invoices"
+    __table_args__ = (
+        # the list's keyset order (created_at, id), alone and behind a status filter (migration 0008)
+        Index("ix_invoices_status_created_id", "status", "created_at", "id"),
+        Index("ix_invoices_created_id", "created_at", "id"),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     document_id: str = Field(foreign_key="documents.id", index=True, max_length=40)
@@ -137,6 +143,7 @@ class Invoice(SQLModel, table=True):
     status: str = Field(default="extracted", max_length=20, index=True)
     valid: bool | None = None
     duplicate_of: str | None = Field(default=None, max_length=40)
+    vendor_id: str | None = Field(default=None, max_length=40, index=True)  # vendors.id (tables_vendors)
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts(index=True)
     updated_at: datetime = _ts()
@@ -159,7 +166,13 @@ class Delivery(SQLModel, table=True):
     """One event owed to one connector; the dispatcher drives it to delivered or dead."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (UniqueConstraint("event_id", "connector", name="uq_deliveries_event_connector"),)
+    __table_args__ = (
+        UniqueConstraint("event_id", "connector", name="uq_deliveries_event_connector"),
+        # the dispatcher's questions: what is due for a connector, and is an earlier event about
+        # the same subject still pending for it (order per invoice)
+        Index("ix_deliveries_due", "connector", "status", "event_seq"),
+        Index("ix_deliveries_subject_order", "connector", "subject_id", "event_seq"),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     event_id: str = Field(foreign_key="events.id", index=True, max_length=40)
@@ -172,6 +185,10 @@ class Delivery(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=2000)
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = _ts()
+    # the lease: which dispatcher is sending it now, until when (expired leases are up for grabs)
+    claimed_by: str | None = Field(default=None, max_length=120)
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    replays: int = 0  # manual replays; ``attempts`` counts the attempts since the last one
 
 
 class DeliveryAttempt(SQLModel, table=True):
@@ -212,6 +229,11 @@ class ConnectorState(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=100)
     disabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     disabled_reason: str | None = Field(default=None, max_length=500)
+    # circuit breaker: consecutive failed attempts, and until when the circuit is open
+    consecutive_failures: int = 0
+    circuit_open_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_failure_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_success_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class ApiKey(SQLModel, table=True):
@@ -230,6 +252,7 @@ class ApiKey(SQLModel, table=True):
     expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    vendor: str | None = Field(default=None, max_length=50)  # vendor-portal key: VAT id or ven_ id
 
 
 class IdempotencyRecord(SQLModel, table=True):
@@ -249,3 +272,8 @@ class IdempotencyRecord(SQLModel, table=True):
     status_code: int
     body: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = _ts(index=True)
+
+
+from mailingest.storage import tables_api as _tables_api  # noqa: E402,F401 - API tables
+from mailingest.storage import tables_auth as _tables_auth  # noqa: E402,F401 - OAuth2 clients
+from mailingest.storage import tables_vendors as _tables_vendors  # noqa: E402,F401 - vendor tables

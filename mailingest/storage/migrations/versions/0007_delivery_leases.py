@@ -1,7 +1,7 @@
 """deliveries: leases (claimed_by, claimed_until) and replay count; connector_state: circuit breaker
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 Create Date: 2026-11-26
 """
 
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0003"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
