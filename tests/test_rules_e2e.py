@@ -183,6 +183,9 @@ def test_sighup_reloads_when_polling_is_off(make_daemon: MakeDaemon, tmp_path: P
         extra=f'\n[rules]\npath = "{rules}"\nreload = "0s"\n\n[pipeline]\nworkers = {workers}\n'
     )
     daemon.start()
+    deadline = time.monotonic() + 60  # extra workers boot slowly on a busy machine
+    while daemon.log().count("worker process started") < workers - 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
     (rules / "a.toml").write_text('[[rule]]\nname = "new"\nthen = { tags = ["new"] }\n')
     time.sleep(0.5)
     send(daemon.smtp_port, mail(("one.xml", ubl("H-1", "10", po="P"))))
