@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="log each step")
     p = add("db", "database schema management", cmd_db)
     p.add_argument("action", choices=["upgrade", "current"], help="upgrade: migrate to the newest schema")
-    p.add_argument("--revision", default="heads", help="target revision for upgrade (default: heads, the newest)")
+    p.add_argument("--revision", default="heads", help="target revision (default: heads, the newest)")
     p = add("rules", "check routing rule files, or show how they route given files", cmd_rules)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, text in (
