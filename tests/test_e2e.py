@@ -208,6 +208,9 @@ def test_systemd_notify_ready_and_graceful_stop(make_daemon, tmp_path: Path) -> 
 def test_extra_worker_processes_store_each_message_once(make_daemon, webhook_receiver) -> None:  # type: ignore[no-untyped-def]
     daemon = make_daemon(webhook_receiver.url, extra='\n[pipeline]\nworkers = 3\npoll_interval = "0.2s"\n')
     daemon.start()
+    deadline = time.monotonic() + 60  # the extra processes boot while the daemon already serves
+    while daemon.log().count("worker process started") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     ids = [
         send(
             daemon.smtp_port,
