@@ -29,9 +29,11 @@ from starlette.responses import Response
 from mailingest import __version__
 from mailingest.api import (
     analytics,
+    audit,  # /v1/audit and /v1/invoices/{id}/history
     batches,
     deliveries,
     documents,
+    endpoints,  # /v1/webhook-endpoints (docs/webhooks.md)
     exports,
     invoices,
     oauth2,
@@ -170,6 +172,8 @@ def create_app(
     app.include_router(portal.router(ctx))
     app.include_router(analytics.router(ctx))
     app.include_router(deliveries.router(ctx))
+    app.include_router(endpoints.router(ctx))
+    app.include_router(audit.router(ctx))
     app.include_router(vendors.router(ctx))
     app.include_router(rules.router(ctx))
     app.include_router(warehouse.router(ctx))

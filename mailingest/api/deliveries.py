@@ -23,9 +23,10 @@ from sqlmodel import Session, col, select
 from mailingest.api import actions
 from mailingest.api.actions import Context
 from mailingest.api.auth import Principal
-from mailingest.connectors.registry import configured
+from mailingest.connectors.registry import configured, endpoint_config
 from mailingest.storage import repo, tables
 from mailingest.storage.tables import utcnow
+from mailingest.storage.tables_endpoints import WebhookEndpoint
 
 Status = Literal["pending", "delivered", "dead"]
 
@@ -152,7 +153,13 @@ def router(ctx: Context) -> APIRouter:
         ).response()
 
     def _entries() -> dict[str, tuple[str, Any]]:
-        return {entry.name: (kind, entry) for kind, entry in configured(ctx.config)}
+        """Config connectors, then the webhook endpoints managed through the API (kind
+        ``webhook_endpoint``; names never clash, the API refuses it)."""
+        found = {entry.name: (kind, entry) for kind, entry in configured(ctx.config)}
+        with Session(ctx.engine) as s:
+            for row in s.exec(select(WebhookEndpoint).order_by(col(WebhookEndpoint.id))):
+                found.setdefault(row.name, ("webhook_endpoint", endpoint_config(row)))
+        return found
 
     @api.get("/v1/connectors", dependencies=[manager])
     def list_connectors() -> dict[str, Any]:

@@ -14,6 +14,11 @@ per-document durations, one aggregate query), ``mailingest_api_credential_expire
 (active keys and clients with an expiry), the in-process
 ``mailingest_api_request_duration_seconds`` histogram by method, route and status (observed by
 the middleware in ``mailingest.api.ratelimit``), and the ``/livez`` and ``/readyz`` probes.
+
+Per connector (config file and API-managed webhook endpoints alike, from ``connector_state``):
+``mailingest_connector_circuit_open`` (1 while its circuit is open, i.e. deliveries wait out the
+cool-down), ``mailingest_connector_consecutive_failures`` and ``mailingest_connector_disabled``
+(1 after a ``410 Gone``, until re-enabled).
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class _DatabaseCollector(Collector):
         # e.g. a table of a newer schema is missing: keep the counts
         with contextlib.suppress(SQLAlchemyError):
             yield from _extra_families(self.engine)
+        with contextlib.suppress(SQLAlchemyError):
+            yield from connector_families(self.engine)
         for name, by_status in counts.items():
             family = GaugeMetricFamily(
                 f"mailingest_{name}", f"{name.capitalize()} by status", labels=["status"]
@@ -135,6 +142,34 @@ def _extra_families(engine: Engine) -> Iterator[Any]:
         if at is not None:
             expires.add_metric([kind, id_], (at - now).total_seconds())
     yield expires
+
+
+def connector_families(engine: Engine) -> Iterator[GaugeMetricFamily]:
+    """Circuit breaker and disabled state per connector, as the dispatchers left it."""
+    now = utcnow()
+    with Session(engine) as session:
+        states = list(session.exec(select(tables.ConnectorState).order_by(col(tables.ConnectorState.name))))
+    circuit = GaugeMetricFamily(
+        "mailingest_connector_circuit_open",
+        "1 while the connector's circuit is open (its deliveries wait for the cool-down)",
+        labels=["connector"],
+    )
+    failures = GaugeMetricFamily(
+        "mailingest_connector_consecutive_failures",
+        "Failed delivery attempts in a row (0 after a success)",
+        labels=["connector"],
+    )
+    disabled = GaugeMetricFamily(
+        "mailingest_connector_disabled", "1 if a 410 Gone disabled the connector", labels=["connector"]
+    )
+    for state in states:
+        until = state.circuit_open_until
+        circuit.add_metric([state.name], 1 if until is not None and until > now else 0)
+        failures.add_metric([state.name], state.consecutive_failures)
+        disabled.add_metric([state.name], 1 if state.disabled_at is not None else 0)
+    yield circuit
+    yield failures
+    yield disabled
 
 
 # ``<source>:<account>/<folder>`` → that connection's status (``ImapSource.status()`` entries)

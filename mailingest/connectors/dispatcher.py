@@ -13,6 +13,12 @@ and a restarted one drops its own stale leases at once. Each connector has its o
 (``concurrency``) and its own circuit breaker: after ``circuit_failures`` consecutive failures
 it is left alone for ``circuit_cooldown`` (its deliveries stay pending, spending no attempts),
 then one probe decides; a slow or dead destination never holds up the others.
+
+Webhook endpoints managed through the API (``webhook_endpoints``) join without a restart: each
+round reads a one-row fingerprint of that small table (count, sum of versions, last update), and
+when it changed — or every ``endpoint_refresh`` seconds, for rotation overlaps that ended — the
+dispatcher builds, rebuilds (the row's ``version`` changed) or drops their connectors. Connectors from the
+config file always win a name clash (the API refuses one anyway).
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailingest.connectors.base import Connector
+from mailingest.connectors.registry import endpoint_connector, endpoint_secrets
 from mailingest.errors import (
     DeliveryError,
     DestinationGone,
@@ -48,12 +55,14 @@ from mailingest.errors import (
 from mailingest.storage import repo, tables
 from mailingest.storage.db import is_postgres, session_scope
 from mailingest.storage.tables import utcnow
+from mailingest.storage.tables_endpoints import WebhookEndpoint
 
 log = structlog.get_logger("mailingest.outbox")
 
 MAX_RETRY_AFTER = 24 * 3600.0
 DEFAULT_LEASE = 30.0  # seconds; a dispatcher that dies mid-send holds its deliveries this long
 CIRCUIT_FAILURES, CIRCUIT_COOLDOWN = 5, 60.0  # defaults when a connector's config says nothing
+ENDPOINT_REFRESH = 10.0  # seconds between full reads of the API-managed webhook endpoints
 
 
 def default_owner() -> str:
@@ -126,9 +135,16 @@ class Dispatcher:
         wake: Any = None,
         lease: float | None = None,
         owner: str | None = None,
+        endpoint_refresh: float = ENDPOINT_REFRESH,
     ) -> None:
         self.engine = engine
         self.connectors = dict(connectors)
+        self._config_names = frozenset(self.connectors)
+        self.endpoint_refresh = endpoint_refresh
+        self._endpoint_marks: dict[str, tuple[str, int, int]] = {}  # name → (id, version, secrets)
+        self._next_refresh = 0.0
+        self._endpoints_seen: tuple[Any, ...] | None = None  # the table's last fingerprint
+        self._retired: list[Connector] = []  # replaced endpoint connectors, closed at close()
         self.schedule = list(schedule)
         self.poll_interval = poll_interval
         self.concurrency = concurrency  # per connector
@@ -142,7 +158,7 @@ class Dispatcher:
         self.owner = owner or default_owner()
         self.token = f"{self.owner}#{os.getpid()}-{secrets.token_hex(4)}"
         self._postgres = is_postgres(engine)
-        workers = min(64, concurrency * max(1, len(self.connectors)))
+        workers = min(64, concurrency * max(2, len(self.connectors) + 1))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver")
         self._inflight: dict[str, int] = {name: 0 for name in self.connectors}
         self._finished: queue.Queue[_Result] = queue.Queue()
@@ -180,6 +196,74 @@ class Dispatcher:
         if released:
             log.warning("resuming deliveries interrupted by the last stop", count=released)
 
+    def refresh_endpoints(self, *, force: bool = False) -> None:
+        """Bring the API-managed webhook endpoints' connectors up to date with their table: when
+        its fingerprint changed, every ``endpoint_refresh`` seconds, or when ``force``d."""
+        now_m = time.monotonic()
+        try:
+            with session_scope(self.engine) as session:
+                seen = tuple(
+                    session.exec(
+                        select(
+                            func.count(),
+                            func.sum(WebhookEndpoint.version),
+                            func.max(WebhookEndpoint.updated_at),
+                        )
+                    ).one()
+                )
+            if not force and seen == self._endpoints_seen and now_m < self._next_refresh:
+                return
+            self._next_refresh = now_m + self.endpoint_refresh
+            wanted = self._wanted_endpoints()
+            self._endpoints_seen = seen
+        except MailingestError as exc:  # e.g. two dispatchers adding one state row: next time
+            log.error("reading webhook endpoints failed", error=exc.detail)
+            return
+        for name in list(self._endpoint_marks):
+            entry = wanted.get(name)
+            if entry is None or entry[0] != self._endpoint_marks[name] or name not in self.connectors:
+                del self._endpoint_marks[name]
+                old = self.connectors.pop(name, None)
+                if old is not None:
+                    self._retired.append(old)  # a delivery thread may still be using it
+                    log.info("webhook endpoint connector dropped", connector=name)
+        for name, (mark, connector) in wanted.items():
+            if name in self._endpoint_marks:
+                continue  # unchanged: ``connector`` is the one already in use
+            self.connectors[name] = connector
+            self._endpoint_marks[name] = mark
+            log.info("webhook endpoint connector ready", connector=name, endpoint=mark[0])
+
+    def _wanted_endpoints(self) -> dict[str, tuple[tuple[str, int, int], Connector]]:
+        """Connectors for the enabled, not disabled (410) endpoints; adds their state rows."""
+        now = utcnow()
+        out: dict[str, tuple[tuple[str, int, int], Connector]] = {}
+        with session_scope(self.engine) as session:
+            rows = [r for r in session.exec(select(WebhookEndpoint)) if r.name not in self._config_names]
+            states = {
+                st.name: st
+                for st in session.exec(
+                    select(tables.ConnectorState).where(
+                        col(tables.ConnectorState.name).in_([r.name for r in rows])
+                    )
+                )
+            }
+            for row in rows:
+                state = states.get(row.name)
+                if state is None:
+                    session.add(tables.ConnectorState(name=row.name))
+                if not row.enabled or (state is not None and state.disabled_at is not None):
+                    continue
+                mark = (row.id, row.version, len(endpoint_secrets(row, now)))
+                if self._endpoint_marks.get(row.name) == mark and row.name in self.connectors:
+                    out[row.name] = (mark, self.connectors[row.name])
+                    continue
+                try:
+                    out[row.name] = (mark, endpoint_connector(row, now))
+                except MailingestError as exc:
+                    log.error("webhook endpoint unusable", connector=row.name, error=exc.detail)
+        return out
+
     def _states(self) -> dict[str, tables.ConnectorState]:
         """Current circuit and disabled state (another dispatcher may have changed it)."""
         with session_scope(self.engine) as session:
@@ -207,6 +291,7 @@ class Dispatcher:
         return out
 
     def _claim(self) -> list[_Work]:
+        self.refresh_endpoints()
         if not self.connectors:
             return []
         states, now = self._states(), utcnow()
@@ -215,9 +300,9 @@ class Dispatcher:
             for name in list(self.connectors):
                 threshold, _ = self._policy(name)
                 with self._lock:
-                    room = (
-                        circuit_cap(states.get(name), threshold, self.concurrency, now) - self._inflight[name]
-                    )
+                    room = circuit_cap(
+                        states.get(name), threshold, self.concurrency, now
+                    ) - self._inflight.get(name, 0)
                 if room <= 0:
                     continue
                 rows = repo.claim_deliveries(
@@ -232,7 +317,7 @@ class Dispatcher:
         with self._lock:
             work = [item for item in work if item.delivery_id not in self._busy]  # never twice at once
             for item in work:
-                self._inflight[item.connector] += 1
+                self._inflight[item.connector] = self._inflight.get(item.connector, 0) + 1
                 self._busy.add(item.delivery_id)
         return work
 
@@ -404,6 +489,11 @@ class Dispatcher:
         state.disabled_at, state.disabled_reason = utcnow(), reason[:500]
         session.add(state)
         self.connectors.pop(name, None)
+        session.execute(  # an API-managed endpoint shows the 410 as enabled = false
+            update(WebhookEndpoint)
+            .where(col(WebhookEndpoint.name) == name)
+            .values(enabled=False, version=WebhookEndpoint.version + 1, updated_at=utcnow())
+        )
         repo.audit(
             session,
             actor="dispatcher",
@@ -442,5 +532,5 @@ class Dispatcher:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._flush()
-        for connector in self.connectors.values():
+        for connector in [*self.connectors.values(), *self._retired]:
             connector.close()

@@ -186,9 +186,12 @@ def add_event(
     subject_id: str | None,
     data: dict[str, Any],
     connectors: Sequence[tuple[str, Sequence[str]]],
+    endpoints: bool = True,
 ) -> Event:
     """Write one outbox event and a pending delivery for every connector subscribed to it
-    (``routed_only`` subscriptions also need the invoice routed to them, see ``routed_to``)."""
+    (``routed_only`` subscriptions also need the invoice routed to them, see ``routed_to``).
+    With ``endpoints`` (the default) the enabled webhook endpoints managed through the API are
+    read in this same transaction and subscribed too (``endpoint_subscriptions``)."""
     now = utcnow()
     event = Event(
         id=new_id("evt"),
@@ -200,7 +203,11 @@ def add_event(
     session.add(event)
     session.flush()  # assigns seq
     assert event.seq is not None
-    for sub in connectors:
+    subs = list(connectors)
+    if endpoints:
+        named = {sub[0] for sub in subs}
+        subs += [sub for sub in endpoint_subscriptions(session) if sub[0] not in named]
+    for sub in subs:
         name, patterns = sub
         if not subscribed(type, patterns):
             continue
@@ -217,6 +224,18 @@ def add_event(
             )
         )
     return event
+
+
+def endpoint_subscriptions(session: Session) -> list[Subscription]:
+    """(name, event patterns) of every enabled webhook endpoint managed through the API: one
+    small query on a small table, in the caller's transaction, so an endpoint created a moment
+    ago gets the next event and a disabled or deleted one gets none."""
+    from mailingest.storage.tables_endpoints import WebhookEndpoint
+
+    rows = session.exec(
+        select(WebhookEndpoint.name, WebhookEndpoint.events).where(col(WebhookEndpoint.enabled).is_(True))
+    ).all()
+    return [Subscription(name, list(events)) for name, events in rows]
 
 
 def subscribed(event_type: str, patterns: Sequence[str]) -> bool:
@@ -450,6 +469,7 @@ def add_test_event(session: Session, connector: str) -> tuple[Event, Delivery]:
         subject_id=None,
         data={"connector": connector, "message": "test event sent by mailingest on request"},
         connectors=[(connector, ["*"])],
+        endpoints=False,
     )
     session.flush()
     delivery = session.exec(select(Delivery).where(Delivery.event_id == event.id)).one()
@@ -481,6 +501,18 @@ def enable_connector(session: Session, name: str, *, actor: str) -> bool:
     session.add(state)
     audit(session, actor=actor, action="connector.enabled", subject_type="connector", subject_id=name[:40])
     return True
+
+
+def dead_letter_pending(session: Session, connector: str, reason: str) -> int:
+    """Mark every pending delivery of ``connector`` dead with ``reason`` (its endpoint was
+    deleted); replay can still send them elsewhere by event once an endpoint exists again."""
+    result = session.execute(
+        update(Delivery)
+        .where(col(Delivery.connector) == connector, col(Delivery.status) == "pending")
+        .values(status="dead", last_error=reason[:2000], claimed_by=None, claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def attempts_of(session: Session, delivery_id: str) -> list[DeliveryAttempt]:

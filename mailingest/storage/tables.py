@@ -276,4 +276,5 @@ class IdempotencyRecord(SQLModel, table=True):
 
 from mailingest.storage import tables_api as _tables_api  # noqa: E402,F401 - API tables
 from mailingest.storage import tables_auth as _tables_auth  # noqa: E402,F401 - OAuth2 clients
+from mailingest.storage import tables_endpoints as _tables_endpoints  # noqa: E402,F401 - API webhook endpoints
 from mailingest.storage import tables_vendors as _tables_vendors  # noqa: E402,F401 - vendor tables
