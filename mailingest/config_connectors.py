@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
@@ -268,6 +269,12 @@ class MailConfig(ConnectorEntry):
 
 
 class ConnectorsConfig(_Section):
+    """``[connectors]``: one list per kind. Any other key is a kind provided by a plugin (the
+    ``mailingest.connectors`` entry point of that name, docs/plugins.md); its entries are
+    validated at load time against the plugin's ``config_model`` (a ``ConnectorEntry``)."""
+
+    model_config = ConfigDict(extra="allow")
+
     webhook: list[WebhookConfig] = Field(default_factory=list)
     files: list[FilesConfig] = Field(default_factory=list)
     mail: list[MailConfig] = Field(default_factory=list)
@@ -276,11 +283,45 @@ class ConnectorsConfig(_Section):
     mqtt: list[MqttConfig] = Field(default_factory=list)
     http: list[HttpConfig] = Field(default_factory=list)
 
+    def entries(self) -> Iterator[tuple[str, ConnectorEntry]]:
+        """(kind, entry) for every entry, built-in kinds first, then plugin kinds, in config order."""
+        for kind in type(self).model_fields:
+            for entry in getattr(self, kind):
+                yield kind, entry
+        for kind, entries in (self.model_extra or {}).items():
+            for entry in entries:
+                yield kind, entry
+
     @model_validator(mode="after")
-    def _unique_names(self) -> ConnectorsConfig:
-        """Names key deliveries and disabled state, so they are unique across all kinds."""
-        names = [entry.name for kind in type(self).model_fields for entry in getattr(self, kind)]
+    def _plugins_and_unique_names(self) -> ConnectorsConfig:
+        """Plugin kinds are validated by their own models; names key deliveries and disabled
+        state, so they are unique across all kinds."""
+        extra = self.__pydantic_extra__ or {}
+        for kind, raw in list(extra.items()):
+            extra[kind] = _plugin_entries(kind, raw)
+        names = [entry.name for _, entry in self.entries()]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"connector names must be unique: {', '.join(dupes)}")
         return self
+
+
+def _plugin_entries(kind: str, raw: Any) -> list[ConnectorEntry]:
+    """``[[connectors.<kind>]]`` of a plugin kind, each validated by the plugin's config model."""
+    from mailingest import plugins
+
+    if isinstance(raw, dict):
+        raise ValueError(f"connectors.{kind}: write [[connectors.{kind}]] (a list of tables)")
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ValueError(f"connectors.{kind}: expected a list of tables ([[connectors.{kind}]])")
+    try:
+        factory = plugins.load_factory(plugins.CONNECTORS_GROUP, kind)
+    except ValueError as exc:
+        raise ValueError(f"unknown connector kind {kind!r}: {exc}") from None
+    model = plugins.config_model(factory, kind, ConnectorEntry, required=True)
+    entries = []
+    for i, item in enumerate(raw):
+        entry = plugins.validate(model, item, f"connectors.{kind}.{i}")
+        assert isinstance(entry, ConnectorEntry)
+        entries.append(entry)
+    return entries

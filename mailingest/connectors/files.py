@@ -27,14 +27,8 @@ from typing import Any
 
 from mailingest.config import FilesConfig
 from mailingest.connectors.base import Attempt
-from mailingest.connectors.export import (
-    einvoice_xml,
-    field_values,
-    invoice_of,
-    read_original,
-    render,
-    safe_name,
-)
+from mailingest.connectors.export import einvoice_xml, field_values, invoice_of, render, safe_name
+from mailingest.connectors.originals import Originals
 from mailingest.errors import DeliveryError
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -78,10 +72,13 @@ def csv_text(rows: Sequence[Sequence[str]]) -> str:
 class FilesConnector:
     """One configured directory; one ``deliver`` writes one invoice (and its original)."""
 
-    def __init__(self, config: FilesConfig) -> None:
+    def __init__(self, config: FilesConfig, originals: Originals | None = None) -> None:
+        """``originals``: where original documents are read (the registry passes the database's
+        reader when ``[storage] documents = "database"``); default: ``config.blobs_path``."""
         self.name = config.name
         self.events: Sequence[str] = config.events
         self.config = config
+        self.originals = originals or Originals(config.blobs_path)
         self._daily_lock = threading.Lock()  # daily CSVs are read-modify-write; deliveries run in parallel
 
     def deliver(self, event_id: str, payload: dict[str, Any]) -> Attempt:
@@ -92,7 +89,7 @@ class FilesConnector:
             directory.mkdir(parents=True, exist_ok=True)
             written = []
             if self.config.include_originals:
-                original = read_original(self.config.blobs_path, invoice_of(payload))
+                original = self.originals.read(invoice_of(payload))
                 if original is not None:
                     name = f"{Path(filename).stem}_{safe_name(original.name)}"
                     write_atomic(directory / name, original.data)
@@ -141,4 +138,5 @@ class FilesConnector:
         return name
 
     def close(self) -> None:
-        """Nothing stays open between deliveries."""
+        """Only the originals' database engine (database mode) stays open between deliveries."""
+        self.originals.close()

@@ -23,7 +23,8 @@ from typing import Any
 
 from mailingest.config import MailConfig
 from mailingest.connectors.base import Attempt
-from mailingest.connectors.export import Original, field_values, invoice_of, read_original, render
+from mailingest.connectors.export import Original, field_values, invoice_of, render
+from mailingest.connectors.originals import Originals
 from mailingest.errors import DeliveryError, PermanentDeliveryError
 
 _SUMMARY_FIELDS = [
@@ -106,10 +107,13 @@ def _smtp_error(exc: smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefus
 class MailConnector:
     """One configured recipient list and SMTP server; one ``deliver`` is one SMTP session."""
 
-    def __init__(self, config: MailConfig) -> None:
+    def __init__(self, config: MailConfig, originals: Originals | None = None) -> None:
+        """``originals``: where original documents are read (the registry passes the database's
+        reader when ``[storage] documents = "database"``); default: ``config.blobs_path``."""
         self.name = config.name
         self.events: Sequence[str] = config.events
         self.config = config
+        self.originals = originals or Originals(config.blobs_path)
         self._password = config.password.get() if config.password else None  # fail at start-up
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -131,7 +135,7 @@ class MailConnector:
     def deliver(self, event_id: str, payload: dict[str, Any]) -> Attempt:
         original = None
         if self.config.include_originals:
-            original = read_original(self.config.blobs_path, invoice_of(payload))
+            original = self.originals.read(invoice_of(payload))
         msg = build_message(self.config, event_id, payload, original)
         try:
             with self._connect() as smtp:
@@ -148,4 +152,5 @@ class MailConnector:
         return Attempt(status_code=250, response_excerpt=excerpt[:500])
 
     def close(self) -> None:
-        """Each delivery opens its own SMTP session; nothing to release."""
+        """Each delivery opens its own SMTP session; only the originals' engine is released."""
+        self.originals.close()
