@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extract_record(path: str) -> tuple[dict[str, Any], bool]:
+def _extract_record(path: str, templates_dir: str | None = None) -> tuple[dict[str, Any], bool]:
     from mailingest.errors import InputError
     from mailingest.pipeline.analyse import analyse
 
@@ -72,7 +72,8 @@ def _extract_record(path: str) -> tuple[dict[str, Any], bool]:
         }
         return record, False
     try:
-        result = analyse(data, filename=Path(path).name, context={"channel": "cli"})
+        context = {"channel": "cli", "templates_dir": templates_dir}
+        result = analyse(data, filename=Path(path).name, context=context)
     except InputError as exc:
         record["error"] = exc.as_dict()
         return record, False
@@ -106,10 +107,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from mailingest import logs
 
     logs.configure("error", "json")
+    if args.templates:  # invoice2data templates: a broken one is reported once, before any file
+        from mailingest.pipeline.extractors.templates import load_templates
+
+        try:
+            load_templates(args.templates)
+        except MailingestError as exc:
+            print(f"mailingest extract: {exc.detail}", file=sys.stderr)
+            return 2
     ok = True
     for path in args.files:
         try:
-            record, good = _extract_record(path)
+            record, good = _extract_record(path, args.templates)
         except Exception as exc:  # noqa: BLE001 - contract: one JSON line per file, never a traceback
             record, good = {"file": path, "invoices": [], "error": error_dict(exc)}, False
         ok &= good
@@ -335,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         config=False,
     )
     p.add_argument("files", nargs="+", metavar="FILE", help=".eml, .pdf, .xml or other document files")
+    p.add_argument("--templates", metavar="DIR", help="invoice2data YAML templates to apply (see docs)")
     p = add(
         "convert",
         "extract the invoice from a file and write it as UBL 2.1 (Peppol BIS 3) or CII XML",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from mailingest.config_base import Duration, SecretRef, _Section
+from mailingest.config_base import Duration, Secret, SecretRef, _Section
 
 
 def _recipient_pattern(pattern: str) -> str:
@@ -24,6 +24,33 @@ def _recipient_pattern(pattern: str) -> str:
 _OCR_LANGUAGE = r"^[a-z]{3}(?:_[a-z]+)?$"  # Tesseract traineddata names: eng, deu, chi_sim
 OcrLanguages = list[Annotated[str, Field(pattern=_OCR_LANGUAGE)]] | None
 """Tesseract languages for scans from this source (``["deu", "eng"]``); ``None`` = ``[extraction]``'s."""
+PdfPasswords = list[SecretRef] | None
+"""Passwords tried on encrypted PDFs from this source; ``None`` = ``[extraction]``'s."""
+
+
+def _templates_dir(path: Path | None) -> Path | None:
+    """invoice2data templates are loaded (and every regex compiled) at config load, so a broken
+    template or a missing ``templates`` extra fails ``mailingest check``/startup, not a mail."""
+    if path is None:
+        return None
+    from mailingest.errors import ConfigError
+    from mailingest.pipeline.extractors.templates import load_templates
+
+    try:
+        load_templates(path)
+    except ConfigError as exc:
+        raise ValueError(exc.detail) from None
+    return path
+
+
+class ExtractorPluginConfig(_Section):
+    """What every ``[extraction.plugins.<name>]`` table has; a plugin's ``config_model`` extends
+    it with its own keys (docs/plugins.md)."""
+
+    enabled: bool = True
+    # Order among extractors: e-invoice XML is 0 (always first), PDF text 100, OCR 200.
+    # None = the plugin's own ``priority`` attribute, else 50 (before PDF text).
+    priority: int | None = Field(default=None, ge=1, le=999)
 
 
 class ExtractionConfig(_Section):
@@ -32,6 +59,38 @@ class ExtractionConfig(_Section):
     # Tesseract languages for OCR; empty = every one of eng, deu, fra, spa, ita, nld that is
     # installed. Fewer languages OCR faster and misread less; sources can override it.
     ocr_languages: list[Annotated[str, Field(pattern=_OCR_LANGUAGE)]] = []
+    # Installed extractor plugins to use (``mailingest.extractors`` entry points), each with its
+    # own validated config: ``[extraction.plugins.<name>]``, or ``plugins = ["<name>", ...]`` for
+    # defaults. None is used unless named here. Values: the plugin's ExtractorPluginConfig.
+    plugins: dict[str, Any] = {}
+    # Passwords tried, in order, on encrypted PDFs (after the empty one); sources can override it.
+    pdf_passwords: list[SecretRef] = []
+    # A folder of invoice2data YAML templates (needs the "templates" extra); None = none.
+    templates_dir: Annotated[Path | None, AfterValidator(_templates_dir)] = None
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _plugin_configs(cls, value: Any) -> dict[str, ExtractorPluginConfig]:
+        from mailingest import plugins
+
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            value = {name: {} for name in value}
+        if not isinstance(value, dict):
+            raise ValueError("write [extraction.plugins.<name>] tables or plugins = [\"<name>\", ...]")
+        configs: dict[str, ExtractorPluginConfig] = {}
+        for name, raw in value.items():
+            if isinstance(raw, ExtractorPluginConfig):
+                configs[name] = raw
+                continue
+            try:
+                factory = plugins.load_factory(plugins.EXTRACTORS_GROUP, name)
+            except ValueError as exc:
+                raise ValueError(f"unknown extractor plugin {name!r}: {exc}") from None
+            model = plugins.config_model(factory, name, ExtractorPluginConfig, required=False)
+            config = plugins.validate(model, raw, f"extraction.plugins.{name}")
+            assert isinstance(config, ExtractorPluginConfig)
+            configs[name] = config
+        return configs
 
 
 class SmtpSourceConfig(_Section):
@@ -51,6 +110,7 @@ class SmtpSourceConfig(_Section):
     allow_auth_without_tls: bool = False  # AUTH over plain text (loopback/tests only)
     max_concurrent: int = Field(default=16, gt=0)  # messages committed at once; more wait
     ocr_languages: OcrLanguages = None  # e.g. ["deu", "eng"]; None = [extraction] ocr_languages
+    pdf_passwords: PdfPasswords = None  # e.g. [{ env = "PDF_PW" }]; None = [extraction] pdf_passwords
 
     @model_validator(mode="after")
     def _coherent_security(self) -> SmtpSourceConfig:
@@ -73,6 +133,7 @@ class DropSourceConfig(_Section):
     poll_interval: Duration = 1.0
     settle_time: Duration = 0.5  # a file must be this old (unchanged) before it is taken
     ocr_languages: OcrLanguages = None  # e.g. ["deu", "eng"]; None = [extraction] ocr_languages
+    pdf_passwords: PdfPasswords = None  # e.g. [{ env = "PDF_PW" }]; None = [extraction] pdf_passwords
 
 
 _IMAP_KEYWORD = r"^[A-Za-z0-9$_.\-]+$"  # an IMAP keyword atom such as $Processed (no system flags)
@@ -254,6 +315,7 @@ class ImapSourceConfig(_Section):
     read_timeout: Duration = Field(default=120.0, gt=0)
     reconnect_max: Duration = Field(default=300.0, gt=0)
     ocr_languages: OcrLanguages = None  # e.g. ["deu", "eng"]; None = [extraction] ocr_languages
+    pdf_passwords: PdfPasswords = None  # e.g. [{ env = "PDF_PW" }]; None = [extraction] pdf_passwords
 
     @property
     def effective_port(self) -> int:
@@ -328,6 +390,7 @@ class GraphSourceConfig(_Section):
     after_processing: GraphAction = Field(default_factory=_graph_done)
     on_failure: GraphAction = Field(default_factory=_graph_failed)
     ocr_languages: OcrLanguages = None  # e.g. ["deu", "eng"]; None = [extraction] ocr_languages
+    pdf_passwords: PdfPasswords = None  # e.g. [{ env = "PDF_PW" }]; None = [extraction] pdf_passwords
 
     @model_validator(mode="after")
     def _not_into_itself(self) -> GraphSourceConfig:
@@ -387,3 +450,25 @@ def ocr_languages_for(
         chosen = sources.drop.ocr_languages
     chosen = chosen or extraction.ocr_languages
     return "+".join(chosen) if chosen else None
+
+
+def pdf_passwords_for(
+    sources: SourcesConfig, extraction: ExtractionConfig, channel: str | None, mailbox: str | None
+) -> list[Secret]:
+    """The PDF password secrets, in order, for a message from ``channel``/``mailbox``.
+
+    The source's ``pdf_passwords`` replace ``[extraction]``'s when set. They are returned
+    unresolved: ``analyse`` reads them only when it meets an encrypted PDF.
+    """
+    chosen: list[Secret] | None = None
+    if channel == "imap" or channel == "graph":
+        configs: list[ImapSourceConfig] | list[GraphSourceConfig] = (
+            sources.imap if channel == "imap" else sources.graph
+        )
+        name = (mailbox or "").split("/", 1)[0]
+        chosen = next((c.pdf_passwords for c in configs if c.name == name), None)
+    elif channel == "smtp":
+        chosen = sources.smtp.pdf_passwords
+    elif channel == "drop":
+        chosen = sources.drop.pdf_passwords
+    return list(chosen if chosen is not None else extraction.pdf_passwords)

@@ -7,6 +7,7 @@ emits). Each document's outcome is recorded; one failing document never stops it
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,9 @@ import structlog
 from mailingest import mime
 from mailingest.documents import Document
 from mailingest.errors import (
+    ConfigError,
     DocumentTooLarge,
+    EncryptedDocument,
     InputError,
     MailingestError,
     MalformedDocument,
@@ -28,6 +31,8 @@ from mailingest.pipeline.detect import detect
 from mailingest.pipeline.extractors import extract_document
 from mailingest.pipeline.extractors.ocr import OCR_LANGUAGES
 from mailingest.pipeline.extractors.pdf_parties import apply_sender_name
+from mailingest.pipeline.extractors.pdf_text import unlock_pdf
+from mailingest.pipeline.extractors.templates import TEMPLATES, templates_for
 from mailingest.pipeline.normalize import normalize
 from mailingest.pipeline.validate import validate
 
@@ -98,7 +103,10 @@ def declared_kind(doc: Document) -> str | None:
     return None
 
 
-def extract_one(doc: Document, *, max_bytes: int) -> DocumentOutcome:
+def extract_one(doc: Document, *, max_bytes: int, passwords: Sequence[Any] = ()) -> DocumentOutcome:
+    """One document's outcome. ``passwords`` (strings or ``Secret``s, read only when needed) are
+    tried on an encrypted PDF; the extractors then see its decrypted copy, the outcome and the
+    invoices' source the original file."""
     kind = detect(doc)
     started = time.perf_counter()
     outcome = DocumentOutcome(doc=doc, kind=kind, status="failed")
@@ -112,7 +120,12 @@ def extract_one(doc: Document, *, max_bytes: int) -> DocumentOutcome:
             raise MalformedDocument(
                 f"{doc.label}: named or typed as {claimed.upper()} but its content is not"
             )
-        outcome.extractor, outcome.invoices = extract_document(doc)
+        readable = doc
+        if kind == "pdf":
+            plain = unlock_pdf(doc.data, _revealed(passwords, doc.label), doc.label)
+            if plain is not doc.data:
+                readable = Document(plain, doc.filename, doc.content_type, doc.path, doc.charset)
+        outcome.extractor, outcome.invoices = extract_document(readable)
         outcome.status = "extracted" if outcome.invoices else "no_invoice"
     except UnsupportedDocument as exc:
         outcome.status = "skipped" if kind in _NOT_INVOICES else "unsupported"
@@ -138,20 +151,40 @@ def analyse(
     Raises ``MimeError`` only when the input is not usable at all (e.g. 0 bytes of mail).
     ``context["ocr_languages"]`` (``"deu+eng"`` or a list) picks the OCR languages for this input;
     the daemon fills it from the source's ``ocr_languages`` (``config_sources.ocr_languages_for``).
+    ``context["pdf_passwords"]`` (strings or ``Secret``s, ``config_sources.pdf_passwords_for``)
+    open encrypted PDFs; ``context["templates_dir"]`` is ``[extraction] templates_dir``.
     """
     context = context or {}
     unpacked = load_input(data, filename)
     outcomes = []
-    # The mailbox's OCR languages reach the OCR extractor without widening the Extractor protocol.
+    # The mailbox's OCR languages and the templates reach the extractors without widening the
+    # Extractor protocol.
+    templates_dir = context.get("templates_dir")
+    chosen = templates_for(templates_dir) if templates_dir else None  # ConfigError: template broken
     languages = OCR_LANGUAGES.set(_languages(context.get("ocr_languages")))
+    templates = TEMPLATES.set(chosen)
     try:
         for doc in unpacked.documents:
             outcomes.append(_analyse_document(doc, context, unpacked, max_bytes))
     finally:
+        TEMPLATES.reset(templates)
         OCR_LANGUAGES.reset(languages)
     return Analysis(
         meta=unpacked.meta, documents=outcomes, problems=list(unpacked.problems), links=list(unpacked.links)
     )
+
+
+def _revealed(passwords: Sequence[Any], label: str) -> Iterator[str]:
+    """Each password in turn, a ``Secret`` resolved only when the one before did not fit."""
+    for password in passwords:
+        if isinstance(password, str):
+            yield password
+            continue
+        try:
+            yield password.get()
+        except ConfigError as exc:  # names the variable or file, never a value
+            detail = f"{label}: a configured PDF password cannot be read: {exc.detail}"
+            raise EncryptedDocument(detail) from None
 
 
 def _languages(value: Any) -> str | None:
@@ -164,7 +197,7 @@ def _languages(value: Any) -> str | None:
 def _analyse_document(
     doc: Document, context: dict[str, Any], unpacked: mime.Unpacked, max_bytes: int
 ) -> DocumentOutcome:
-    outcome = extract_one(doc, max_bytes=max_bytes)
+    outcome = extract_one(doc, max_bytes=max_bytes, passwords=context.get("pdf_passwords") or ())
     meta = unpacked.meta if unpacked.meta.message_id or unpacked.meta.from_ else None
     for inv in outcome.invoices:
         apply_sender_name(inv, meta.from_ if meta else None)

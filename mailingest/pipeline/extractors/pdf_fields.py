@@ -49,6 +49,7 @@ from mailingest.pipeline.extractors.pdf_values import (
     find_vat_ids,
     slash_date_order,
 )
+from mailingest.pipeline.extractors.templates import apply_templates
 
 EXTRACTOR = "pdf_text"
 KEY_FIELDS = ("/number", "/issue_date", "/currency", "/totals/amount_due", "/seller/name")
@@ -342,8 +343,14 @@ def extract_invoice(lines: Sequence[TextLine]) -> Invoice | None:
     """The invoice printed in ``lines``, or ``None`` when nothing looks like one.
 
     "Looks like one" means an invoice number or a total was found: terms and conditions or a
-    delivery note yield ``None`` rather than an empty invoice.
+    delivery note yield ``None`` rather than an empty invoice. A matching invoice2data template
+    (``[extraction] templates_dir``) then overrides the fields it yields (``templates``).
     """
+    return apply_templates(_read_invoice(lines), lines, KEY_FIELDS)
+
+
+def _read_invoice(lines: Sequence[TextLine]) -> Invoice | None:
+    """``extract_invoice`` by the label heuristics alone."""
     layout = Layout(lines)
     order = _date_order(layout)
     number = best(list(number_candidates(layout)))

@@ -20,7 +20,7 @@ import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -299,6 +299,47 @@ def read_text_layer(
     if layer.truncated:
         log.warning("pdf text layer cut short", document=label, reader=layer.reader, reason=layer.truncated)
     return layer
+
+
+def unlock_pdf(data: bytes, passwords: Iterable[str], label: str = "document") -> bytes:
+    """``data`` when it opens without a password (also owner-password-only PDFs, and files
+    PDFium cannot open at all, which the extractors report); else a decrypted copy made with the
+    first of ``passwords`` that opens it, so the text, OCR and embedded-XML readers all work on
+    it. Raises ``EncryptedDocument`` when none fits; no password is ever logged or put in an error.
+    """
+    if b"/Encrypt" not in data:  # the trailer of every encrypted PDF names its /Encrypt dictionary
+        return data
+    with pdfium_lock:
+        try:
+            pdfium.PdfDocument(data).close()
+            return data
+        except pdfium.PdfiumError as exc:
+            if exc.err_code != pdfium.raw.FPDF_ERR_PASSWORD:
+                return data
+        tried = 0
+        for password in passwords:
+            tried += 1
+            try:
+                pdf = pdfium.PdfDocument(data, password=password)
+            except pdfium.PdfiumError as exc:
+                if exc.err_code == pdfium.raw.FPDF_ERR_PASSWORD:
+                    continue
+                return data
+            try:
+                plain = io.BytesIO()
+                pdf.save(plain, flags=pdfium.raw.FPDF_REMOVE_SECURITY)
+            finally:
+                pdf.close()
+            log.info("encrypted pdf opened with a configured password", document=label, password_number=tried)
+            return plain.getvalue()
+    if tried:
+        raise EncryptedDocument(
+            f"{label}: PDF is password-protected and none of the {tried} configured PDF passwords opened it"
+        )
+    raise EncryptedDocument(
+        f"{label}: PDF is password-protected and needs a password; none is configured for its "
+        "source (pdf_passwords)"
+    )
 
 
 def has_text_layer(data: bytes, max_pages: int = 10) -> bool:
