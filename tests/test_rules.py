@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import celpy
 import pytest
 
 from mailingest.errors import ConfigError
 from mailingest.models import Invoice
+from mailingest.routing.cel import cel_input, compile_expr
+from mailingest.routing.engine import condition_data
+from mailingest.routing.model import Rule
 from mailingest.routing.rules import apply, load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,3 +320,72 @@ def test_bad_actions_are_load_errors(tmp_path: Path, then: str, message: str) ->
     with pytest.raises(ConfigError) as err:
         load_rules(tmp_path)
     assert message in err.value.detail and f"{tmp_path / 'bad.toml'}:1:" in err.value.detail
+
+
+CEL_CASES = [
+    "has(invoice.totals.amount_due) && invoice.totals.amount_due > 100.0",
+    'has(invoice.purchase_order) || invoice.currency == "USD"',
+    "!has(invoice.purchase_order)",
+    "invoice.lines.exists(l, l.net_amount > 500.0)",
+    "invoice.lines.all(l, has(l.item.name))",
+    'invoice.lines.exists_one(l, l.item.name == "Paper")',
+    "size(invoice.lines.filter(l, l.net_amount > 100.0)) > 1",
+    "invoice.lines.map(l, l.net_amount)[0] > 10.0",
+    'size(invoice.lines) >= 2 ? seller.name.startsWith("ACME") : vendor.trusted',
+    'currency in ["USD", "CHF"] || "urgent" in tags',
+    'duplicate.score >= 0.8 && type == "invoice"',
+    "vendor.no_such > 1 || true",
+    "vendor.no_such > 1 && false",
+    "vendor.invoice_count / 0 > 1",
+    "vendor.invoice_count + 1 > 3 && vendor.trusted",
+    'seller.name.matches("^(?i)acme")',
+    "enrichment.budget.remaining - invoice.totals.amount_due > 0.0",
+    'has(enrichment.budget) && enrichment.budget.owner == "ops"',
+    "double(vendor.invoice_count) > invoice.totals.amount_due",  # no int vs double in CEL
+    "vendor.invoice_count > invoice.totals.amount_due",  # an overload error in both
+]
+
+
+@pytest.mark.parametrize("expr", CEL_CASES)
+def test_compiled_cel_agrees_with_celpy_interpreter(expr: str) -> None:
+    """routing.cel transpiles expressions and shares one activation per invoice; every answer
+    (and every error, which means "no match") must be what celpy's reference interpreter says."""
+    program = compile_expr(expr)
+    assert program.compiled, f"celpy could not transpile {expr!r}"
+    rule = Rule.model_validate({"name": "r", "expr": expr, "then": {"tags": ["hit"]}})
+    rule._program = program
+    env = celpy.Environment()
+    reference = celpy.InterpretedRunner(env, env.compile(expr))
+    samples: list[tuple[Invoice, dict[str, Any]]] = [
+        (invoice(), {"vendor": {"trusted": True, "invoice_count": 4}}),
+        (
+            invoice(
+                purchase_order="PO-1",
+                currency="USD",
+                tags=["urgent"],
+                lines=[
+                    {"item": {"name": "Paper"}, "net_amount": "700"},
+                    {"item": {"name": "Toner"}, "net_amount": "150"},
+                    {"net_amount": "5"},
+                ],
+            ),
+            {"vendor": {"trusted": False, "invoice_count": 1}, "duplicate": {"score": 0.9}},
+        ),
+        (
+            invoice(
+                seller={"name": "Globex"}, totals={}, lines=[], enrichment={"budget": {"remaining": 2000.0}}
+            ),
+            {"vendor": {"trusted": True, "invoice_count": 0}},
+        ),
+        (invoice(enrichment={"budget": {"remaining": 10.5, "owner": "ops"}}), {}),
+    ]
+    for inv, facts in samples:
+        data = cel_input(condition_data(inv, None, facts), inv)
+        try:
+            value = reference.evaluate(data.context)
+            expected = not isinstance(value, Exception) and bool(value)
+        except Exception:  # noqa: BLE001 - an evaluation error: the rule does not match
+            expected = False
+        routed = apply([rule], inv, facts=facts)
+        assert routed.routing == (["r"] if expected else []), (expr, inv.model_dump(), facts)
+        assert ("hit" in routed.tags) == expected

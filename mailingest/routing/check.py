@@ -18,8 +18,8 @@ from mailingest.routing.loader import Problem
 from mailingest.routing.model import LIST_OPERATORS, Rule
 
 # Namespaces filled at routing time (facts from vendor profiles, duplicate detection, enrichment,
-# validation hooks) and the derived ``valid``: their keys are not checked.
-FACT_NAMESPACES = frozenset({"vendor", "duplicate", "enrichment", "hooks", "facts"})
+# validation hooks, lookups) and the derived ``valid``: their keys are not checked.
+FACT_NAMESPACES = frozenset({"vendor", "duplicate", "enrichment", "hooks", "lookups", "facts"})
 DERIVED_PATHS = frozenset({"valid", "validation.codes"})
 LINE_SHORTHANDS = frozenset({"gl_account", "cost_center"})  # a line's coding.gl_account / cost_center
 _ANY = object()  # dict[str, ...] and Any: every key is fine

@@ -1,7 +1,8 @@
 """Condition evaluation: ``when`` tables (path → value or operator table) and CEL ``expr``.
 
-Pure functions. CEL goes through cel-python (``celpy``): compiled once when the rules load, so
-a bad expression is a load error; an evaluation error means the rule does not match (logged).
+Pure functions. CEL goes through cel-python (``celpy``, see ``routing.cel``): compiled once when
+the rules load, so a bad expression is a load error; an evaluation error means the rule does not
+match (logged).
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import celpy
 import structlog
-from pydantic import BaseModel
 
+from mailingest.routing.cel import CelInput, cel_input, compile_expr
 from mailingest.routing.model import Rule
 
 log = structlog.get_logger("mailingest.routing")
 MISSING: Any = object()
-_CEL = celpy.Environment()
 _SPLIT: dict[str, tuple[str, ...]] = {}
 
 
@@ -105,55 +104,22 @@ def when_holds(when: dict[str, Any], data: Any) -> bool:
     return True
 
 
-def compile_expr(expr: str) -> Any:
-    """A CEL program; raises ``ValueError`` with the parser's message for a bad expression."""
-    try:
-        return _CEL.program(_CEL.compile(expr))
-    except Exception as exc:
-        column = getattr(exc, "column", None)
-        where = f" at column {column}" if column else ""
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"bad CEL expression{where}: {first}") from exc
+cel_activation = cel_input  # the name before routing.cel
 
 
-def _for_cel(value: Any) -> Any:
-    """The invoice with its decimals as numbers (JSON carries them as strings; CEL compares
-    numbers). Walks the model itself: its serializer would turn decimals into strings."""
-    if isinstance(value, BaseModel):
-        out = {}
-        for name, info in type(value).model_fields.items():
-            item = getattr(value, name)
-            if item is not None:
-                out[info.alias or name] = _for_cel(item)
-        return out
-    if isinstance(value, dict):
-        return {k: _for_cel(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_for_cel(v) for v in value]
-    if isinstance(value, Decimal):
-        return float(value)
-    return value
+__all__ = [
+    "MISSING",
+    "cel_activation",
+    "cel_input",
+    "compare",
+    "compile_expr",
+    "expr_holds",
+    "lookup",
+    "when_holds",
+]
 
 
-def _overlay(base: Any, top: Any) -> Any:
-    if isinstance(base, dict) and isinstance(top, dict):
-        return {**base, **{k: _overlay(base.get(k), v) for k, v in top.items()}}
-    if isinstance(base, list) and isinstance(top, list) and len(base) == len(top):
-        return [_overlay(b, t) for b, t in zip(base, top, strict=True)]
-    return top
-
-
-def cel_activation(data: dict[str, Any], numbers: Any) -> dict[str, Any]:
-    """Every top-level key of ``data`` is a CEL variable (``totals``, ``vendor`` ...), and
-    ``invoice`` is the whole thing. ``numbers`` is the Invoice model (decimals become numbers)."""
-    whole = celpy.json_to_cel(_overlay(data, _for_cel(numbers)))
-    assert isinstance(whole, celpy.celtypes.MapType)
-    activation: dict[str, Any] = {str(k): v for k, v in whole.items()}
-    activation["invoice"] = whole
-    return activation
-
-
-def expr_holds(rule: Rule, activation: dict[str, Any]) -> bool:
+def expr_holds(rule: Rule, activation: CelInput) -> bool:
     if rule._program is None:
         return True
     try:

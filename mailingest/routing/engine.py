@@ -11,7 +11,8 @@ from typing import Any
 
 from mailingest.models import Invoice
 from mailingest.models.invoice import Coding, Party, Payment, RuleFiring
-from mailingest.routing.conditions import cel_activation, expr_holds, when_holds
+from mailingest.routing.cel import CelInput
+from mailingest.routing.conditions import cel_input, expr_holds, when_holds
 from mailingest.routing.model import SET_ALIASES, Actions, Rule
 
 
@@ -125,14 +126,14 @@ def select(
     rules: list[Rule], data: dict[str, Any], invoice: Invoice, *, first_match: bool = False
 ) -> list[Rule]:
     """The rules that fire, in order (conditions only; nothing is changed)."""
-    activation: dict[str, Any] | None = None
+    activation: CelInput | None = None
     fired: list[Rule] = []
     for rule in rules:
         if not rule.enabled or not when_holds(rule.when, data):
             continue
         if rule._program is not None:
             if activation is None:
-                activation = cel_activation(data, invoice)
+                activation = cel_input(data, invoice)
             if not expr_holds(rule, activation):
                 continue
         fired.append(rule)
