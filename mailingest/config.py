@@ -68,6 +68,8 @@ class ApiConfig(_Section):
     # Lifetime of OAuth2 access tokens from POST /oauth/token (also the longest a revoked
     # client's already-issued token could live if revocation were not checked per request).
     token_ttl: Duration = Field(default=900.0, gt=0, le=86400)
+    # Webhook endpoints created through /v1/webhook-endpoints may target loopback/private networks.
+    allow_private_webhooks: bool = False
 
     @field_validator("rate_limit")
     @classmethod
@@ -102,6 +104,9 @@ class PipelineConfig(_Section):
     max_document_bytes: int = Field(default=50 * 2**20, gt=0)
     poll_interval: Duration = 2.0  # safety-net scan for unprocessed messages; new ones wake it at once
     lease: Duration = 300.0  # a claimed message is retried by another worker after this
+    # a key field (number, dates, currency, amount due, seller) read from PDF/OCR with a lower
+    # confidence sends the invoice to review (MI-LOW-CONFIDENCE); 0 turns this off
+    review_below_confidence: float = Field(default=0.5, ge=0, le=1)
 
 
 class HookConfig(_Section):
@@ -115,11 +120,63 @@ class HookConfig(_Section):
     enabled: bool = True
 
 
+class LookupConfig(_Section):
+    """An HTTP lookup (budget, contract ...) whose JSON answer rules see as ``enrichment.<name>``
+    (docs/routing.md, mailingest.routing.lookups)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # a CEL identifier: enrichment.<name>.<field>
+    url: str = Field(pattern=r"^https?://")  # template: {invoice.purchase_order}, URL-encoded
+    method: Literal["GET", "POST"] = "GET"  # POST sends {"lookup", "invoice", "source"} as JSON
+    params: dict[str, str] = Field(default_factory=dict)  # query parameters, values are templates
+    headers: dict[str, str] = Field(default_factory=dict)
+    token: SecretRef | None = None  # sent as "Authorization: Bearer <token>"
+    timeout: Duration = 5.0
+    cache_ttl: Duration = 0.0  # keep answers this long per URL in the process (0: no cache)
+    on_error: Literal["ignore", "review"] = "ignore"  # failed: a warning only, or needs_review too
+    enabled: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        # enrichment.* already holds the vendor enrichment; lookups.failed lists failed lookups
+        if value.startswith("vendor_") or value in ("price_anomalies", "price_anomaly_count", "failed"):
+            raise ValueError(
+                f"lookup name {value!r} is reserved (vendor_*, price_anomalies, price_anomaly_count, failed)"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        from mailingest.routing.lookups import check_template
+
+        check_template(value)
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, value: dict[str, str]) -> dict[str, str]:
+        from mailingest.routing.lookups import check_template
+
+        for template in value.values():
+            check_template(template)
+        return value
+
+
 class RulesConfig(_Section):
     path: Path = Path("rules")
     match: Literal["all", "first"] = "all"  # every matching rule fires, or only the first
     reload: Duration = 2.0  # poll the rule files for changes this often (0: only on SIGHUP)
     hooks: list[HookConfig] = Field(default_factory=list)
+    lookups: list[LookupConfig] = Field(default_factory=list)  # enrichment.<name> for rules
+
+    @field_validator("lookups")
+    @classmethod
+    def _unique_lookups(cls, value: list[LookupConfig]) -> list[LookupConfig]:
+        names = [lookup.name for lookup in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"lookup names must be unique: {names}")
+        return value
 
 
 class OutboxConfig(_Section):

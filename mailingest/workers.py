@@ -24,14 +24,15 @@ import httpx
 import structlog
 
 from mailingest.config import Config
-from mailingest.config_sources import ocr_languages_for
+from mailingest.config_sources import ocr_languages_for, pdf_passwords_for
 from mailingest.connectors.registry import subscriptions
 from mailingest.errors import MailingestError
 from mailingest.models import Invoice
-from mailingest.pipeline import schematron
+from mailingest.pipeline import extractors, schematron
 from mailingest.pipeline.runner import Router, Runtime, process_next
-from mailingest.routing.hooks import enforce_blockers, run_hooks
+from mailingest.routing.hooks import HookResults, enforce_blockers, run_hooks
 from mailingest.routing.live import LiveRules
+from mailingest.routing.lookups import AnswerCache, LookupResults, enforce_review, run_lookups
 from mailingest.routing.rules import apply
 from mailingest.storage import db
 from mailingest.storage.blobs import BlobStore
@@ -42,37 +43,48 @@ EXTRA_WORKER_POLL = 0.25  # seconds; how long new mail may wait for an idle extr
 
 
 def build_router(config: Config, *, watch: bool = True) -> Router:
-    """The routing step: validation hooks, then the rules (hot-reloaded; see routing.live).
+    """The routing step: validation hooks, then enrichment lookups (``enrichment.<name>``),
+    then the rules (hot-reloaded; see routing.live).
 
     A broken rule file stops the start with a clear error; later, a broken edit keeps the last
     good rules. The returned ``route(invoice, context, facts=None)`` never performs I/O when
-    no hooks are configured.
+    no hooks or lookups are configured.
     """
     live = LiveRules(config.rules.path, interval=config.rules.reload)
     if watch:
         live.start()
     first = config.rules.match == "first"
     hooks = [h for h in config.rules.hooks if h.enabled]
-    client = httpx.Client(follow_redirects=False) if hooks else None
+    lookups = [lk for lk in config.rules.lookups if lk.enabled]
+    client = httpx.Client(follow_redirects=False) if hooks or lookups else None
+    cache = AnswerCache()
     log.info(
         "routing rules loaded",
         path=str(config.rules.path),
         rules=[r.name for r in live.rules],
         hooks=[h.name for h in hooks],
+        lookups=[lk.name for lk in lookups],
     )
 
     def route(invoice: Invoice, context: dict[str, Any], facts: dict[str, Any] | None = None) -> Invoice:
         if client is None:
             return apply(live.rules, invoice, first_match=first, context=context, facts=facts)
-        checked, results = run_hooks(client, hooks, invoice, context)
-        routed = apply(
-            live.rules,
-            checked,
-            first_match=first,
-            context=context,
-            facts={**(facts or {}), "hooks": results.facts},
-        )
-        return enforce_blockers(routed, results)
+        facts = dict(facts or {})
+        hooked: HookResults | None = None
+        if hooks:
+            invoice, hooked = run_hooks(client, hooks, invoice, context)
+            facts["hooks"] = hooked.facts
+        looked: LookupResults | None = None
+        if lookups:
+            invoice, looked = run_lookups(client, cache, lookups, invoice, context)
+            facts["lookups"] = looked.facts
+            facts["enrichment"] = {**(facts.get("enrichment") or {}), **looked.answers}
+        routed = apply(live.rules, invoice, first_match=first, context=context, facts=facts)
+        if hooked is not None:
+            routed = enforce_blockers(routed, hooked)
+        if looked is not None:
+            routed = enforce_review(routed, looked)
+        return routed
 
     route.live = live  # type: ignore[attr-defined]  # tests and the CLI reach the rule set here
     return route
@@ -80,6 +92,7 @@ def build_router(config: Config, *, watch: bool = True) -> Router:
 
 def build_runtime(config: Config, engine: Any, blobs: BlobStore, worker: str) -> Runtime:
     schematron.configure(config.validation)  # [validation]: compile the official Schematron, if on
+    extractors.configure(config.extraction)  # [extraction.plugins]: only the configured plugins run
     return Runtime(
         engine=engine,
         blobs=blobs,
@@ -89,6 +102,9 @@ def build_runtime(config: Config, engine: Any, blobs: BlobStore, worker: str) ->
         worker=worker,
         router=build_router(config),
         ocr_languages=functools.partial(ocr_languages_for, config.sources, config.extraction),
+        pdf_passwords=functools.partial(pdf_passwords_for, config.sources, config.extraction),
+        templates_dir=str(config.extraction.templates_dir) if config.extraction.templates_dir else None,
+        review_below_confidence=config.pipeline.review_below_confidence,
     )
 
 

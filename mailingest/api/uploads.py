@@ -24,7 +24,7 @@ from mailingest.api.auth import Principal
 from mailingest.errors import MailingestError
 from mailingest.models import new_id
 from mailingest.pipeline.analyse import analyse
-from mailingest.pipeline.runner import Runtime, document_view, store_analysis
+from mailingest.pipeline.runner import Runtime, analysis_context, document_view, store_analysis
 from mailingest.storage import repo, tables
 from mailingest.storage.db import session_scope
 from mailingest.storage.tables import IdempotencyRecord, utcnow
@@ -119,11 +119,7 @@ def extract_now(
         msg_id, token = _claim_new(session, ctx, raw, filename, rt.worker)
         received_at = session.get(tables.Message, msg_id).received_at  # type: ignore[union-attr]
     if token is not None:
-        context = {
-            "channel": "api",
-            "mailbox": "api",
-            "received_at": received_at.isoformat().replace("+00:00", "Z"),
-        }
+        context = analysis_context(rt, "api", "api", received_at)
         try:
             analysis = analyse(raw, filename=filename, context=context, max_bytes=rt.max_document_bytes)
         except MailingestError as exc:

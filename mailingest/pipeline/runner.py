@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 from mailingest.errors import MailingestError, error_dict
 from mailingest.models import Invoice, Validation, new_id
-from mailingest.models.invoice import Duplicate
+from mailingest.models.invoice import Duplicate, ValidationMessage
 from mailingest.pipeline.analyse import Analysis, DocumentOutcome, analyse
 from mailingest.pipeline.dedupe import find_duplicates, number_key
 from mailingest.pipeline.validate import STRUCTURED_FORMATS, validate
@@ -58,11 +58,60 @@ class Runtime:
     router: Router | None = None
     # (channel, mailbox) → Tesseract languages for OCR ("deu+eng"); None: all installed
     ocr_languages: Callable[[str | None, str | None], str | None] | None = None
+    # (channel, mailbox) → PDF password secrets, resolved only for an encrypted PDF
+    pdf_passwords: Callable[[str | None, str | None], Sequence[Any]] | None = None
+    templates_dir: str | None = None  # [extraction] templates_dir (invoice2data templates)
+    review_below_confidence: float = 0.5  # [pipeline]: key fields read less surely go to review
+
+
+# Key fields whose confidence decides review; a seller counts as read when its name or VAT id is.
+KEY_FIELDS = ("/number", "/issue_date", "/currency", "/totals/amount_due")
+SELLER_FIELDS = ("/seller/name", "/seller/vat_id")
+LOW_CONFIDENCE = "MI-LOW-CONFIDENCE"
+
+
+def low_confidence_fields(invoice: Invoice, threshold: float) -> list[str]:
+    """Key fields read with a confidence below ``threshold`` (never for XML: those are exact)."""
+    fields = invoice.extraction.fields if invoice.extraction else {}
+    if not fields or threshold <= 0:
+        return []
+    low = [p for p in KEY_FIELDS if p in fields and fields[p].confidence < threshold]
+    seller = [fields[p].confidence for p in SELLER_FIELDS if p in fields]
+    if seller and max(seller) < threshold:
+        low.append("/seller/name")
+    return low
+
+
+def flag_low_confidence(invoice: Invoice, threshold: float) -> Invoice:
+    """Add a ``MI-LOW-CONFIDENCE`` warning naming the key fields a person should check."""
+    low = low_confidence_fields(invoice, threshold)
+    if low and invoice.validation is not None:
+        text = f"read with low confidence (< {threshold:g}), please check: {', '.join(low)}"
+        invoice.validation.messages.append(
+            ValidationMessage(rule=LOW_CONFIDENCE, severity="warning", text=text, path=low[0])
+        )
+    return invoice
+
+
+def analysis_context(rt: Runtime, channel: str, mailbox: str | None, received_at: datetime) -> dict[str, Any]:
+    """What ``analyse`` needs to know about where a message came from: the source's OCR
+    languages, PDF passwords and the templates directory."""
+    return {
+        "channel": channel,
+        "mailbox": mailbox,
+        "received_at": received_at.isoformat().replace("+00:00", "Z"),
+        "ocr_languages": rt.ocr_languages(channel, mailbox) if rt.ocr_languages else None,
+        "pdf_passwords": rt.pdf_passwords(channel, mailbox) if rt.pdf_passwords else (),
+        "templates_dir": rt.templates_dir,
+    }
 
 
 def initial_status(invoice: Invoice) -> str:
-    """Status before routing rules: review when invalid or a duplicate, else validated."""
+    """Status before routing rules: review when invalid, a duplicate or a key field was read with
+    low confidence (``MI-LOW-CONFIDENCE``), else validated."""
     if invoice.duplicate_of or (invoice.validation and not invoice.validation.valid):
+        return "needs_review"
+    if invoice.validation and any(m.rule == LOW_CONFIDENCE for m in invoice.validation.messages):
         return "needs_review"
     return "validated"
 
@@ -189,6 +238,7 @@ def _store_invoice(
 ) -> None:
     invoice.id = invoice_id = new_id("inv")
     invoice, facts = _vendor_and_facts(session, msg, doc_row, invoice)
+    invoice = flag_low_confidence(invoice, rt.review_below_confidence)
     invoice.status = initial_status(invoice)  # type: ignore[assignment]
     if rt.router is not None:
         context = {"mailbox": msg.mailbox, "from": msg.from_addr, "subject": msg.subject}
@@ -311,12 +361,7 @@ def process_next(rt: Runtime) -> bool:
             msg.claim_token,
             msg.attempts,
         )
-        context = {
-            "channel": msg.source,
-            "mailbox": msg.mailbox,
-            "received_at": msg.received_at.isoformat().replace("+00:00", "Z"),
-            "ocr_languages": rt.ocr_languages(msg.source, msg.mailbox) if rt.ocr_languages else None,
-        }
+        context = analysis_context(rt, msg.source, msg.mailbox, msg.received_at)
         raw = rt.blobs.get(session, sha)
     assert token is not None
     started = time.perf_counter()
