@@ -76,7 +76,7 @@ class ExtractionConfig(_Section):
         if isinstance(value, list) and all(isinstance(name, str) for name in value):
             value = {name: {} for name in value}
         if not isinstance(value, dict):
-            raise ValueError("write [extraction.plugins.<name>] tables or plugins = [\"<name>\", ...]")
+            raise ValueError('write [extraction.plugins.<name>] tables or plugins = ["<name>", ...]')
         configs: dict[str, ExtractorPluginConfig] = {}
         for name, raw in value.items():
             if isinstance(raw, ExtractorPluginConfig):
