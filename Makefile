@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # pytest-xdist workers; the suite is parallel-safe (free ports, one database per test)
 JOBS   ?= auto
 
-.PHONY: run test setup lint typecheck bench clean
+.PHONY: run test setup lint typecheck bench eval clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	./scripts/setup.sh $(VENV)
@@ -29,6 +29,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/smtp_throughput.py
+
+# extraction accuracy over the shared corpus (per-field accuracy, mismatches listed)
+CORPUS ?= ../shared/corpus
+eval: $(STAMP)
+	$(BIN)/mailingest eval $(CORPUS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
