@@ -131,17 +131,22 @@ def test_a_result_from_a_lost_lease_is_not_recorded(pg_url, webhook_receiver, mo
     webhook_receiver.responses = [(200, {})]
     original = slow.connectors["erp"].deliver
 
+    started, release = threading.Event(), threading.Event()
+
     def late(event_id, payload):  # type: ignore[no-untyped-def]
-        time.sleep(0.6)  # longer than the lease
+        started.set()
+        release.wait(10)  # held past its lease until the other dispatcher has delivered
         return original(event_id, payload)
 
     slow.connectors["erp"].deliver = late  # type: ignore[method-assign]
     thread = threading.Thread(target=slow.run_once)
     thread.start()
-    time.sleep(0.4)
+    assert started.wait(10)  # claimed and sending
+    time.sleep(0.5)  # its 0.3 s lease has run out (however slow the machine was to get here)
     fast = dispatcher(pg_url, webhook_receiver, "host-b")
     assert fast.run_once() == 1  # took over the expired lease and delivered
-    thread.join(5)
+    release.set()
+    thread.join(10)
     with db.session_scope(engine) as s:
         [delivery] = s.exec(select(tables.Delivery)).all()
         attempts = s.exec(select(tables.DeliveryAttempt)).all()

@@ -309,6 +309,8 @@ def test_oauth2_refused_credentials_are_permanent_and_an_expiring_token_is_renew
 
 
 def _dispatch(db_url: str, connector: HttpConnector, payload: dict[str, Any], seconds: float) -> str:
+    """Add one event and run a dispatcher until its delivery is settled (delivered or dead) or
+    ``seconds`` passed — settling, not a fixed time, so a slow machine does not fail it."""
     engine = db.make_engine(db_url)
     db.upgrade(engine)
     with db.session_scope(engine) as s:
@@ -320,6 +322,10 @@ def _dispatch(db_url: str, connector: HttpConnector, payload: dict[str, Any], se
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         dispatcher.run_once()
+        with db.session_scope(engine) as s:
+            delivery = s.exec(select(tables.Delivery).where(tables.Delivery.event_id == event_id)).one()
+            if delivery.status != "pending":
+                break
         time.sleep(0.05)
     dispatcher.close()
     return event_id
@@ -347,7 +353,7 @@ def test_5xx_then_success_is_retried_with_idempotency_key_and_basic_auth(
             auth={"type": "basic", "username": "ap", "password": {"env": "T_PASSWORD"}},
         )
     )
-    _dispatch(db_url, connector, invoice(), seconds=1.5)
+    _dispatch(db_url, connector, invoice(), seconds=15)
     assert len(webhook_receiver.requests) == 3
     keys = {r.headers["idempotency-key"] for r in webhook_receiver.requests}
     assert keys == {"inv_INV-2024-001"}  # the same external id on every attempt
@@ -363,7 +369,7 @@ def test_400_is_dead_lettered_at_once_with_the_response_recorded(
 ) -> None:
     webhook_receiver.responses = [(400, {})]
     connector = HttpConnector(http_config(url=webhook_receiver.url, body="{}"))
-    _dispatch(db_url, connector, invoice(), seconds=0.8)
+    _dispatch(db_url, connector, invoice(), seconds=15)
     assert len(webhook_receiver.requests) == 1
     assert _attempts(db_url) == [("dead", 400)]
     with db.session_scope(db.make_engine(db_url)) as s:
@@ -375,14 +381,14 @@ def test_400_is_dead_lettered_at_once_with_the_response_recorded(
             s.get(tables.ConnectorState, connector.name).disabled_at is None  # type: ignore[union-attr]
         )
     again = HttpConnector(http_config(url=webhook_receiver.url, body="{}"))  # the first was closed
-    _dispatch(db_url, again, invoice(), seconds=0.8)
+    _dispatch(db_url, again, invoice(), seconds=15)
     assert _attempts(db_url)[-1] == ("delivered", 200)
 
 
 def test_403_disables_the_connector(db_url, webhook_receiver: WebhookReceiver) -> None:
     webhook_receiver.responses = [(403, {})]
     connector = HttpConnector(http_config(url=webhook_receiver.url, body="{}"))
-    _dispatch(db_url, connector, invoice(), seconds=0.8)
+    _dispatch(db_url, connector, invoice(), seconds=15)
     assert _attempts(db_url) == [("dead", 403)]
     with db.session_scope(db.make_engine(db_url)) as s:
         state = s.get(tables.ConnectorState, connector.name)
