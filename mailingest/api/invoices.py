@@ -168,13 +168,17 @@ def ordered(
         if anchor is None:
             raise HTTPException(404, f"no invoice {starting_after} (starting_after)")
         at, key = anchor.created_at, anchor.id
+        # The plain bound (<= / >=) is implied by the OR but lets both databases seek the
+        # (created_at, id) index instead of filtering every newer row (deep pages 2-3x slower).
         if descending:
             query = query.where(
-                or_(col(inv.created_at) < at, and_(col(inv.created_at) == at, col(inv.id) < key))
+                col(inv.created_at) <= at,
+                or_(col(inv.created_at) < at, and_(col(inv.created_at) == at, col(inv.id) < key)),
             )
         else:
             query = query.where(
-                or_(col(inv.created_at) > at, and_(col(inv.created_at) == at, col(inv.id) > key))
+                col(inv.created_at) >= at,
+                or_(col(inv.created_at) > at, and_(col(inv.created_at) == at, col(inv.id) > key)),
             )
     if descending:
         return query.order_by(col(inv.created_at).desc(), col(inv.id).desc())
