@@ -60,6 +60,24 @@ class Context:
         """A FastAPI dependency: the caller's ``Principal``, with ``name`` among its scopes."""
         return Depends(self.authenticator.require(name))
 
+    def respond(
+        self,
+        request: Request,
+        body: Any,
+        idempotency_key: str | None,
+        actor: str,
+        work: Callable[[Session], tuple[int, dict[str, Any]]],
+    ) -> JSONResponse:
+        """Run ``work`` under ``Idempotency-Key`` rules (``idempotent``) and answer with its outcome;
+        ``body`` is the request's JSON, part of what a reused key must match."""
+        return idempotent(
+            self.engine,
+            actor=actor,
+            idempotency_key=idempotency_key,
+            request_print=request_print(request, body),
+            work=work,
+        ).response()
+
 
 @dataclass(frozen=True)
 class Outcome:

@@ -20,7 +20,6 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from mailingest.api import actions
 from mailingest.api.actions import Context
 from mailingest.api.auth import Principal
 from mailingest.connectors.registry import configured, endpoint_config
@@ -144,13 +143,7 @@ def router(ctx: Context) -> APIRouter:
                 "disabled_connectors": disabled,
             }
 
-        return actions.idempotent(
-            ctx.engine,
-            actor=principal.actor,
-            idempotency_key=idempotency_key,
-            request_print=actions.request_print(request, body.model_dump(mode="json")),
-            work=work,
-        ).response()
+        return ctx.respond(request, body.model_dump(mode="json"), idempotency_key, principal.actor, work)
 
     def _entries() -> dict[str, tuple[str, Any]]:
         """Config connectors, then the webhook endpoints managed through the API (kind
@@ -196,13 +189,7 @@ def router(ctx: Context) -> APIRouter:
                 raise HTTPException(409, f"connector {name} is not disabled")
             return 200, {"name": name, "disabled": False}
 
-        return actions.idempotent(
-            ctx.engine,
-            actor=principal.actor,
-            idempotency_key=idempotency_key,
-            request_print=actions.request_print(request, None),
-            work=work,
-        ).response()
+        return ctx.respond(request, None, idempotency_key, principal.actor, work)
 
     @api.post("/v1/connectors/{name}/test", status_code=202)
     def test_connector(
@@ -227,12 +214,6 @@ def router(ctx: Context) -> APIRouter:
             )
             return 202, {"event_id": event.id, "delivery_id": delivery.id, "connector": name}
 
-        return actions.idempotent(
-            ctx.engine,
-            actor=principal.actor,
-            idempotency_key=idempotency_key,
-            request_print=actions.request_print(request, None),
-            work=work,
-        ).response()
+        return ctx.respond(request, None, idempotency_key, principal.actor, work)
 
     return api

@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from mailingest.api import actions
 from mailingest.api.actions import Context
 from mailingest.api.auth import Principal
 from mailingest.connectors.registry import configured
@@ -157,17 +156,6 @@ def router(ctx: Context) -> APIRouter:
     api = APIRouter(tags=["webhook endpoints"])
     manager = ctx.scope("webhooks:manage")
 
-    def idempotent(
-        request: Request, body: Any, key: str | None, principal: Principal, work: Any
-    ) -> JSONResponse:
-        return actions.idempotent(
-            ctx.engine,
-            actor=principal.actor,
-            idempotency_key=key,
-            request_print=actions.request_print(request, body),
-            work=work,
-        ).response()
-
     @api.post("/v1/webhook-endpoints", status_code=201)
     def create_endpoint(
         request: Request,
@@ -202,7 +190,7 @@ def router(ctx: Context) -> APIRouter:
             session.flush()
             return 201, {**endpoint_view(row), "secret": row.secret}
 
-        return idempotent(request, body.model_dump(mode="json"), idempotency_key, principal, work)
+        return ctx.respond(request, body.model_dump(mode="json"), idempotency_key, principal.actor, work)
 
     @api.get("/v1/webhook-endpoints", dependencies=[manager])
     def list_endpoints(
@@ -308,7 +296,7 @@ def router(ctx: Context) -> APIRouter:
             _audit(session, principal, "secret_rotated", row, overlap_seconds=options.overlap_seconds)
             return 200, {**endpoint_view(row), "secret": row.secret}
 
-        return idempotent(request, options.model_dump(mode="json"), idempotency_key, principal, work)
+        return ctx.respond(request, options.model_dump(mode="json"), idempotency_key, principal.actor, work)
 
     @api.post("/v1/webhook-endpoints/{endpoint_id}/test", status_code=202)
     def test_endpoint(
@@ -325,6 +313,6 @@ def router(ctx: Context) -> APIRouter:
             _audit(session, principal, "tested", row)
             return 202, {"event_id": event.id, "delivery_id": delivery.id, "connector": row.name}
 
-        return idempotent(request, None, idempotency_key, principal, work)
+        return ctx.respond(request, None, idempotency_key, principal.actor, work)
 
     return api

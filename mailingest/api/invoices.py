@@ -505,13 +505,7 @@ def router(ctx: Context) -> APIRouter:
             )
             return 201, comment_view(row)
 
-        return actions.idempotent(
-            ctx.engine,
-            actor=principal.actor,
-            idempotency_key=idempotency_key,
-            request_print=actions.request_print(request, body.model_dump()),
-            work=work,
-        ).response()
+        return ctx.respond(request, body.model_dump(), idempotency_key, principal.actor, work)
 
     @api.get("/{invoice_id}/comments", dependencies=[reader])
     def list_comments(
