@@ -60,7 +60,6 @@ from mailingest.storage.tables_endpoints import WebhookEndpoint
 log = structlog.get_logger("mailingest.outbox")
 
 MAX_RETRY_AFTER = 24 * 3600.0
-BATCH_WINDOW = 0.02  # seconds between busy rounds of the daemon's loop
 DEFAULT_LEASE = 30.0  # seconds; a dispatcher that dies mid-send holds its deliveries this long
 CIRCUIT_FAILURES, CIRCUIT_COOLDOWN = 5, 60.0  # defaults when a connector's config says nothing
 ENDPOINT_REFRESH = 10.0  # seconds between full reads of the API-managed webhook endpoints
@@ -525,11 +524,6 @@ class Dispatcher:
             if not started:
                 self.wake.wait(self.poll_interval)
                 self.wake.clear()
-            else:
-                # Busy: let a few more attempts finish before the next round, so their outcomes
-                # are recorded and new work claimed in one transaction each (with SQLite every
-                # round's commits compete with intake and the pipeline for the write lock).
-                self._stop.wait(BATCH_WINDOW)
 
     def stop(self) -> None:
         self._stop.set()
