@@ -233,16 +233,27 @@ def _vendor_and_facts(
     return invoice, facts
 
 
-def _store_invoice(
+def _prepare_invoice(
     session: Session, rt: Runtime, msg: tables.Message, doc_row: tables.Document, invoice: Invoice
-) -> None:
-    invoice.id = invoice_id = new_id("inv")
+) -> Invoice:
+    """Vendor, profile, duplicates, review flags and routing: reads (and hooks' or lookups' HTTP
+    calls), no writes except a vendor seen for the first time."""
+    invoice.id = new_id("inv")
     invoice, facts = _vendor_and_facts(session, msg, doc_row, invoice)
     invoice = flag_low_confidence(invoice, rt.review_below_confidence)
     invoice.status = initial_status(invoice)  # type: ignore[assignment]
     if rt.router is not None:
         context = {"mailbox": msg.mailbox, "from": msg.from_addr, "subject": msg.subject}
         invoice = rt.router(invoice, context, facts=facts)
+    return invoice
+
+
+def _store_invoice(
+    session: Session, rt: Runtime, msg: tables.Message, doc_row: tables.Document, invoice: Invoice
+) -> None:
+    """Write a prepared invoice with its audit entry and outbox events."""
+    assert invoice.id is not None
+    invoice_id = invoice.id
     data = invoice.to_json_dict()
     seller = invoice.seller
     session.add(
@@ -286,9 +297,18 @@ def _store_invoice(
 def store_analysis(session: Session, rt: Runtime, msg: tables.Message, analysis: Analysis, token: str) -> int:
     """Write everything learnt from one message; returns the number of invoices stored."""
     count = 0
-    for outcome in analysis.documents:
+    rows = [_document_row(msg, outcome) for outcome in analysis.documents]
+    first = next(((d, 0) for d, outcome in enumerate(analysis.documents) if outcome.invoices), None)
+    early: Invoice | None = None
+    if first is not None:
+        # Most messages hold one invoice: prepare it before this transaction writes anything, so
+        # SQLite's write lock is not held through vendor matching, history, duplicates and routing
+        # (intake and the dispatcher wait for that lock). Later invoices of the message are
+        # prepared after the earlier ones are flushed, so they see them as possible originals.
+        d, _ = first
+        early = _prepare_invoice(session, rt, msg, rows[d], analysis.documents[d].invoices[0])
+    for d, (outcome, doc_row) in enumerate(zip(analysis.documents, rows, strict=True)):
         rt.blobs.put(session, outcome.doc.data, durable=False)
-        doc_row = _document_row(msg, outcome)
         session.add(doc_row)
         session.flush()
         repo.add_event(
@@ -306,8 +326,10 @@ def store_analysis(session: Session, rt: Runtime, msg: tables.Message, analysis:
                 data=document_view(doc_row),
                 connectors=rt.connectors,
             )
-        for invoice in outcome.invoices:
-            _store_invoice(session, rt, msg, doc_row, invoice)
+        for i, invoice in enumerate(outcome.invoices):
+            ready = early if (d, i) == first else _prepare_invoice(session, rt, msg, doc_row, invoice)
+            assert ready is not None
+            _store_invoice(session, rt, msg, doc_row, ready)
             count += 1
     problems = {"problems": analysis.problems} if analysis.problems else None
     if analysis.links:
